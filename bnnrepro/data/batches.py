@@ -1,0 +1,87 @@
+"""Training batches drawn from in-memory uint8 tensors, augmented a whole batch at a time.
+
+This replaces a torchvision DataLoader with per-sample PIL transforms: one index gather, one
+float conversion and a few tensor ops per batch. Shuffling and augmentation draw from a generator
+seeded by (seed, epoch), so epoch k looks the same whether or not the run was resumed before it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random horizontal flip and random crop after padding, both per sample (torchvision semantics)."""
+
+    flip: bool = False
+    crop_padding: int = 0
+    pad_mode: str = "constant"  # "constant" (zeros) or "replicate" (edge), as torchvision's padding_mode
+
+    @property
+    def active(self) -> bool:
+        return self.flip or self.crop_padding > 0
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(len(x), generator=gen) < 0.5
+    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
+
+
+def random_crop(x: torch.Tensor, padding: int, pad_mode: str, gen: torch.Generator) -> torch.Tensor:
+    """Pad the batch, then cut one H x W window per sample at a random offset in [0, 2*padding]."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4, mode=pad_mode)
+    dy, dx = (torch.randint(0, 2 * padding + 1, (2, n), generator=gen)).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # n,1,h,1
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # n,1,1,w
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+class BatchLoader:
+    """Iterate over (images, labels) batches: images float32 in channels_last layout, scaled to
+    [0, 1] then normalized."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, max_value: int,
+                 mean: tuple[float, ...] = (0.0,), std: tuple[float, ...] = (1.0,), augment: Augment = Augment(),
+                 shuffle: bool = False, seed: int = 0, device: str | torch.device = "cpu"):
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.images, self.labels = images.to(device), labels.to(device)
+        self.batch_size, self.shuffle, self.seed, self.augment = batch_size, shuffle, seed, augment
+        self.scale = 1.0 / max_value
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __iter__(self):
+        gen = epoch_generator(self.seed, self.epoch)
+        n = len(self.labels)
+        order = torch.randperm(n, generator=gen).to(self.images.device) if self.shuffle else None
+        for start in range(0, n, self.batch_size):
+            idx = slice(start, start + self.batch_size) if order is None else order[start:start + self.batch_size]
+            yield self._transform(self.images[idx], gen), self.labels[idx]
+
+    def _transform(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        x = images.float().mul_(self.scale)
+        if self.augment.flip:
+            x = random_flip(x, gen)
+        if self.augment.crop_padding:
+            x = random_crop(x, self.augment.crop_padding, self.augment.pad_mode, gen)
+        return ((x - self.mean) / self.std).to(memory_format=torch.channels_last)

@@ -1,0 +1,89 @@
+"""The prepared form of a dataset: one safetensors file of uint8 images and int64 labels.
+
+Written once by the `data@<name>` stage, it loads in a fraction of a second (MNIST: 55 MB) and
+training batches are then drawn from these in-memory tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save
+
+from bnnrepro.data.download import fetch, mirror_from_env
+from bnnrepro.data.sources import get_source
+from bnnrepro.io import atomic_write, file_digest
+
+SPLIT_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    num_classes: int
+    max_value: int
+    train_images: torch.Tensor  # uint8, N x C x H x W
+    train_labels: torch.Tensor  # int64, N
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    sha256: str  # of the prepared file, recorded next to every result trained on it
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_images.shape[1:])
+
+
+DATA_FILE = "data.safetensors"
+SKIP_FILE = "skipped.json"
+
+
+def prepare_dataset(name: str, out_dir: str | os.PathLike, raw_dir: str | os.PathLike,
+                    mirror: str | None = None) -> Path:
+    """Fetch (verified) and parse the raw files of `name`, then write `out_dir/data.safetensors` atomically."""
+    source = get_source(name)
+    raw_dir = Path(raw_dir)
+    mirror = mirror if mirror is not None else mirror_from_env()
+    for resource in source.resources:
+        fetch(resource, name, raw_dir, mirror)
+    checksums = {r.filename: r.md5 for r in source.resources}
+    tensors = source.parse(raw_dir)
+    _check_tensors(name, tensors)
+    metadata = {"name": name, "num_classes": str(source.num_classes), "max_value": str(source.max_value),
+                "raw_md5": json.dumps(checksums, sort_keys=True)}
+    blob = save({k: tensors[k].contiguous() for k in SPLIT_KEYS}, metadata=metadata)
+    out_file = Path(out_dir) / DATA_FILE
+    with atomic_write(out_file) as f:
+        f.write(blob)
+    return out_file
+
+
+def _check_tensors(name: str, tensors: dict[str, torch.Tensor]) -> None:
+    for split in ("train", "test"):
+        images, labels = tensors[f"{split}_images"], tensors[f"{split}_labels"]
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"{name}/{split}: images must be uint8 N x C x H x W, got {images.dtype} {tuple(images.shape)}")
+        if len(images) != len(labels):
+            raise ValueError(f"{name}/{split}: {len(images)} images but {len(labels)} labels")
+
+
+def load_dataset(folder: str | os.PathLike) -> Dataset:
+    """Load a prepared dataset folder (written by `prepare_dataset`)."""
+    folder = Path(folder)
+    path = folder / DATA_FILE
+    if (folder / SKIP_FILE).is_file():
+        reason = json.loads((folder / SKIP_FILE).read_text())["reason"]
+        raise FileNotFoundError(f"Dataset '{folder.name}' was not prepared: {reason}")
+    if not path.is_file():
+        raise FileNotFoundError(f"Prepared dataset '{path}' not found. Build it with `dvc repro data@{folder.name}` "
+                                f"or `python stages/prepare_data.py {folder.name}`.")
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    return Dataset(name=meta["name"], num_classes=int(meta["num_classes"]), max_value=int(meta["max_value"]),
+                   sha256=file_digest(path, "sha256"), **{k: tensors[k] for k in SPLIT_KEYS})

@@ -1,0 +1,173 @@
+"""Where each dataset comes from and how its official files become uint8 tensors.
+
+Each `DatasetSource` declares its raw files (name, MD5, official URLs) and a parser that turns the
+verified files into `{train_images, train_labels, test_images, test_labels}`: images as uint8
+N x C x H x W, labels as int64. Parsers never unpickle: CIFAR is read from its binary release.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torchvision import datasets as tvd
+
+from bnnrepro.data.download import Resource
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    name: str
+    num_classes: int
+    max_value: int  # largest pixel value (255 for images, 16 for scikit-learn's digits)
+    resources: tuple[Resource, ...]
+    parse: Callable[[Path], Tensors]  # raw folder -> tensors
+
+
+# ---------------------------------------------------------------------------------------------- MNIST
+def _torchvision_resources(cls) -> tuple[Resource, ...]:
+    """Official file names, MD5s and URLs exactly as torchvision declares them."""
+    return tuple(Resource(name, md5, tuple(m + name for m in cls.mirrors)) for name, md5 in cls.resources)
+
+
+def _parse_mnist_like(raw: Path) -> Tensors:
+    # torchvision's IDX parsers read plain files: decompress into a scratch folder that is deleted after.
+    with tempfile.TemporaryDirectory() as tmp:
+        def read(stem: str, parser) -> torch.Tensor:
+            plain = Path(tmp) / stem
+            plain.write_bytes(gzip.decompress((raw / f"{stem}.gz").read_bytes()))
+            return parser(str(plain))
+
+        return {
+            "train_images": read("train-images-idx3-ubyte", tvd.mnist.read_image_file).unsqueeze(1),
+            "train_labels": read("train-labels-idx1-ubyte", tvd.mnist.read_label_file),
+            "test_images": read("t10k-images-idx3-ubyte", tvd.mnist.read_image_file).unsqueeze(1),
+            "test_labels": read("t10k-labels-idx1-ubyte", tvd.mnist.read_label_file),
+        }
+
+
+# ---------------------------------------------------------------------------------------------- CIFAR
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
+CIFAR_RECORD_PIXELS = 3 * 32 * 32
+
+
+def _read_cifar_records(data: bytes, label_bytes: int, label_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR binary format: each record is `label_bytes` label bytes followed by 3072 pixels (C, H, W)."""
+    record = label_bytes + CIFAR_RECORD_PIXELS
+    if len(data) % record:
+        raise ValueError(f"CIFAR binary batch of {len(data)} bytes is not a whole number of {record}-byte records")
+    rows = np.frombuffer(data, dtype=np.uint8).reshape(-1, record)
+    images = torch.from_numpy(rows[:, label_bytes:].reshape(-1, 3, 32, 32).copy())
+    labels = torch.from_numpy(rows[:, label_index].astype(np.int64))
+    return images, labels
+
+
+def _parse_cifar(archive: str, train: list[str], test: list[str], label_bytes: int, label_index: int):
+    def parse(raw: Path) -> Tensors:
+        with tarfile.open(raw / archive, "r:gz") as tar:
+            def split(members):
+                parts = [_read_cifar_records(tar.extractfile(m).read(), label_bytes, label_index) for m in members]
+                return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+            train_images, train_labels = split(train)
+            test_images, test_labels = split(test)
+        return {"train_images": train_images, "train_labels": train_labels,
+                "test_images": test_images, "test_labels": test_labels}
+
+    return parse
+
+
+CIFAR10_TRAIN = [f"cifar-10-batches-bin/data_batch_{i}.bin" for i in range(1, 6)]
+CIFAR10_TEST = ["cifar-10-batches-bin/test_batch.bin"]
+CIFAR100_TRAIN = ["cifar-100-binary/train.bin"]
+CIFAR100_TEST = ["cifar-100-binary/test.bin"]
+
+
+# ----------------------------------------------------------------------------------------- Tiny-ImageNet
+TINY_ROOT = "tiny-imagenet-200"
+
+
+def _decode_jpeg(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)  # a few images are greyscale
+
+
+def _parse_tiny_imagenet(raw: Path) -> Tensors:
+    """Train: train/<wnid>/images/*.JPEG. The unlabeled test split is not used; val (labels in
+    val/val_annotations.txt) serves as the test split, as in the SGDAT code."""
+    with zipfile.ZipFile(raw / "tiny-imagenet-200.zip") as z:
+        wnids = z.read(f"{TINY_ROOT}/wnids.txt").decode().split()
+        label_of = {w: i for i, w in enumerate(sorted(wnids))}  # ImageFolder's sorted class order
+        train = sorted(n for n in z.namelist() if n.startswith(f"{TINY_ROOT}/train/") and n.endswith(".JPEG"))
+        train_labels = [label_of[n.split("/")[2]] for n in train]
+        annotations = z.read(f"{TINY_ROOT}/val/val_annotations.txt").decode().splitlines()
+        val = sorted(line.split("\t")[:2] for line in annotations if line.strip())
+        stack = lambda names: torch.from_numpy(np.stack([_decode_jpeg(z.read(n)) for n in names])).permute(0, 3, 1, 2)  # noqa: E731
+        return {
+            "train_images": stack(train).contiguous(),
+            "train_labels": torch.tensor(train_labels, dtype=torch.int64),
+            "test_images": stack([f"{TINY_ROOT}/val/images/{f}" for f, _ in val]).contiguous(),
+            "test_labels": torch.tensor([label_of[w] for _, w in val], dtype=torch.int64),
+        }
+
+
+# ---------------------------------------------------------------------------------------------- Digit
+def digits_split(labels: np.ndarray) -> np.ndarray:
+    """Test mask of the binary-weight-space code's Digit split (spec 1.8): sort the indices by label,
+    lay them row by row over a 10 x 180 grid, and take grid columns 144-179 as test.
+    That gives 1440 train / 357 test. A stable sort fixes the order inside each class."""
+    order = np.argsort(labels, kind="stable")
+    is_test = np.zeros(len(labels), dtype=bool)
+    is_test[order[(np.arange(len(labels)) % 180) >= 144]] = True
+    return is_test
+
+
+def _parse_digits(raw: Path) -> Tensors:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()  # shipped inside scikit-learn: 1797 8x8 images, values 0..16
+    images = torch.from_numpy(digits.images.astype(np.uint8)).unsqueeze(1)
+    labels = torch.from_numpy(digits.target.astype(np.int64))
+    test = torch.from_numpy(digits_split(digits.target))
+    return {"train_images": images[~test], "train_labels": labels[~test],
+            "test_images": images[test], "test_labels": labels[test]}
+
+
+SOURCES: dict[str, DatasetSource] = {
+    "digits": DatasetSource("digits", 10, 16, (), _parse_digits),
+    "mnist": DatasetSource("mnist", 10, 255, _torchvision_resources(tvd.MNIST), _parse_mnist_like),
+    "fashion-mnist": DatasetSource("fashion-mnist", 10, 255, _torchvision_resources(tvd.FashionMNIST),
+                                   _parse_mnist_like),
+    "cifar10": DatasetSource(
+        "cifar10", 10, 255,
+        (Resource("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530", (CIFAR_URL + "cifar-10-binary.tar.gz",)),),
+        _parse_cifar("cifar-10-binary.tar.gz", CIFAR10_TRAIN, CIFAR10_TEST, label_bytes=1, label_index=0)),
+    "cifar100": DatasetSource(
+        "cifar100", 100, 255,
+        (Resource("cifar-100-binary.tar.gz", "03b5dce01913d631647c71ecec9e9cb8", (CIFAR_URL + "cifar-100-binary.tar.gz",)),),
+        # records hold (coarse, fine) label bytes; the papers use the 100 fine labels
+        _parse_cifar("cifar-100-binary.tar.gz", CIFAR100_TRAIN, CIFAR100_TEST, label_bytes=2, label_index=1)),
+    "tiny-imagenet": DatasetSource(
+        "tiny-imagenet", 200, 255,
+        (Resource("tiny-imagenet-200.zip", "90528d7ca1a48142e341f4ef8d21d0de",
+                  ("http://cs231n.stanford.edu/tiny-imagenet-200.zip",)),),
+        _parse_tiny_imagenet),
+}
+
+
+def get_source(name: str) -> DatasetSource:
+    if name not in SOURCES:
+        raise ValueError(f"Unknown dataset '{name}'. Valid datasets: {sorted(SOURCES)}")
+    return SOURCES[name]

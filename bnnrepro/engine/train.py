@@ -1,0 +1,164 @@
+"""The training loop shared by every experiment.
+
+fit() builds the run from its config, trains epoch by epoch, validates after each epoch, keeps the
+best-validation weights, checkpoints after every epoch (resuming from the checkpoint when one
+exists), and finally evaluates the best weights on the test split.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from bnnrepro.config import DataConfig, ExperimentConfig
+from bnnrepro.data.batches import Augment, BatchLoader
+from bnnrepro.data.prepared import Dataset
+from bnnrepro.engine.checkpoint import load_checkpoint, save_checkpoint
+from bnnrepro.engine.losses import bin_regularizer, loss_function
+from bnnrepro.models import build_model
+from bnnrepro.nn.layers import clip_latent_weights_
+from bnnrepro.optim import build_optimizer, lr_at_epoch, set_lr
+from bnnrepro.runtime import seed_everything, set_deterministic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Loaders:
+    train: BatchLoader
+    val: BatchLoader
+    test: BatchLoader
+
+
+@dataclass
+class FitResult:
+    model: nn.Module  # holding the best-validation weights
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_top1: float
+    test: dict[str, float]
+    train_seconds: float
+    resumed_from_epoch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def make_loaders(cfg: DataConfig, dataset: Dataset, seed: int, device: torch.device) -> Loaders:
+    """Train/val split as RWTH: validation is the last `val_size` training images; with
+    val_size 0 the test split doubles as validation (as in the SGDAT and BWS codes)."""
+    n = len(dataset.train_labels)
+    if not 0 <= cfg.val_size < n:
+        raise ValueError(f"data.val_size must be in [0, {n}), got {cfg.val_size}")
+    cut = n - cfg.val_size
+    augment = Augment(cfg.flip, cfg.crop_padding, cfg.pad_mode)
+    common = dict(max_value=dataset.max_value, mean=tuple(cfg.mean), std=tuple(cfg.std), device=device)
+    train = BatchLoader(dataset.train_images[:cut], dataset.train_labels[:cut], cfg.batch_size, augment=augment,
+                        shuffle=True, seed=seed, **common)
+    test = BatchLoader(dataset.test_images, dataset.test_labels, cfg.eval_batch_size, **common)
+    if cfg.val_size == 0:
+        return Loaders(train, test, test)
+    val = BatchLoader(dataset.train_images[cut:], dataset.train_labels[cut:], cfg.eval_batch_size,
+                      augment=augment if cfg.augment_val else Augment(), seed=seed + 1, **common)
+    return Loaders(train, val, test)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: BatchLoader) -> dict[str, float]:
+    """Top-1 and top-5 accuracy (%) of `model` in eval mode."""
+    model.eval()
+    correct1 = correct5 = total = 0
+    for x, y in loader:
+        logits = model(x)
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 += (top[:, 0] == y).sum().item()
+        correct5 += (top == y[:, None]).any(1).sum().item()
+        total += len(y)
+    return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "n": total}
+
+
+def train_one_epoch(model, loader, optimizer, cfg: ExperimentConfig, epoch: int, bar) -> dict[str, float]:
+    model.train()
+    loss_fn = loss_function(cfg.train.loss)
+    use_bin_reg = cfg.optim.regularization == "bin" and cfg.optim.weight_decay > 0
+    loss_sum = torch.zeros((), device=loader.images.device)
+    correct = torch.zeros((), dtype=torch.long, device=loader.images.device)
+    seen = 0
+    for step, (x, y) in enumerate(loader, start=1):
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        if use_bin_reg:
+            loss = loss + cfg.optim.weight_decay * bin_regularizer(model)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {step}: training stopped "
+                                     "(lower optim.lr or check the data)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if cfg.train.clip_latent > 0:
+            clip_latent_weights_(model, cfg.train.clip_latent)
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        bar.update(1)
+    return {"train_loss": loss_sum.item() / seen, "train_top1": 100.0 * correct.item() / seen}
+
+
+def fit(cfg: ExperimentConfig, dataset: Dataset, device: torch.device, checkpoint_path: str | Path,
+        progress: bool = True) -> FitResult:
+    set_deterministic(cfg.train.deterministic)
+    seed_everything(cfg.train.seed)
+    if dataset.name != cfg.data.dataset:
+        raise ValueError(f"config {cfg.name} trains on '{cfg.data.dataset}' but was given '{dataset.name}'")
+    model = build_model(cfg.model, dataset.image_shape[0], dataset.num_classes, dataset.image_shape[1])
+    # channels_last: the CPU max-pool and conv kernels are several times faster on it (batches match)
+    model = model.to(device, memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg.optim, model)
+    loaders = make_loaders(cfg.data, dataset, cfg.train.seed, device)
+    digest = cfg.digest()
+
+    state = load_checkpoint(checkpoint_path, digest)
+    history, best = [], {"epoch": 0, "val_top1": -1.0, "model": None}
+    start_epoch, train_seconds = 1, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history, best, train_seconds = state["history"], state["best"], state["train_seconds"]
+        start_epoch = state["epoch"] + 1
+        log.info("resuming %s from the checkpoint after epoch %d", cfg.name, state["epoch"])
+
+    steps = len(loaders.train)
+    bar = tqdm(total=cfg.train.epochs * steps, initial=(start_epoch - 1) * steps, unit="step",
+               desc=cfg.name, disable=not progress, mininterval=2.0, dynamic_ncols=True)
+    for epoch in range(start_epoch, cfg.train.epochs + 1):
+        lr = lr_at_epoch(cfg.optim, epoch)
+        set_lr(optimizer, lr)
+        loaders.train.set_epoch(epoch)
+        loaders.val.set_epoch(epoch)
+        tic = time.perf_counter()
+        row = train_one_epoch(model, loaders.train, optimizer, cfg, epoch, bar)
+        seconds = time.perf_counter() - tic
+        val = evaluate(model, loaders.val)
+        train_seconds += seconds
+        row = {"epoch": epoch, "lr": lr, **row, "val_top1": val["top1"], "val_top5": val["top5"],
+               "epoch_seconds": round(seconds, 3), "train_images_per_s": round(len(loaders.train.labels) / seconds, 1)}
+        history.append(row)
+        if val["top1"] > best["val_top1"]:  # strict: the earliest epoch wins ties, as in the RWTH code
+            best = {"epoch": epoch, "val_top1": val["top1"], "model": copy.deepcopy(model.state_dict())}
+        bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.4f}", val=f"{val['top1']:.2f}",
+                        best=f"{best['val_top1']:.2f}@{best['epoch']}")
+        save_checkpoint(checkpoint_path, {"digest": digest, "epoch": epoch, "model": model.state_dict(),
+                                          "optimizer": optimizer.state_dict(), "history": history, "best": best,
+                                          "train_seconds": train_seconds})
+    bar.close()
+
+    model.load_state_dict(best["model"])
+    test = evaluate(model, loaders.test)
+    return FitResult(model=model, history=history, best_epoch=best["epoch"], best_val_top1=best["val_top1"],
+                     test=test, train_seconds=train_seconds, resumed_from_epoch=start_epoch - 1)

@@ -1,0 +1,73 @@
+"""Atomic file writes and checksums.
+
+Every file the project writes goes through `atomic_write`: the content lands in a temporary file in
+the destination folder and is renamed into place, so a killed process never leaves a half-written
+file where a later run would trust it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+CHUNK = 1024 * 1024
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary file beside `path`; on success rename it to `path`, on error delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def torch_save(obj: Any, path: str | os.PathLike) -> None:
+    with atomic_write(path) as f:
+        torch.save(obj, f)
+
+
+def torch_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """Load a torch file without executing pickled code (tensors, dicts, lists, numbers, strings only)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError or EOFError depending on the damage
+        raise RuntimeError(
+            f"Cannot load '{path}': {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
+            "The file is truncated, corrupted, or holds Python objects other than tensors "
+            "(which are refused: loading never executes pickled code)."
+        ) from e
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "md5") -> str:
+    """Stream a file through hashlib (md5 is used for integrity only, not security)."""
+    h = hashlib.new(algorithm, usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,20 @@
+"""Model registry: `build_model(cfg, ...)` is the only entry point a config needs."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from bnnrepro.models.common import ModelConfig
+from bnnrepro.models.lenet import LeNet5
+from bnnrepro.models.vgg import VGGNet7
+
+MODELS: dict[str, type[nn.Module]] = {"lenet5": LeNet5, "vggnet7": VGGNet7}
+
+
+def build_model(cfg: ModelConfig, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    if cfg.arch not in MODELS:
+        raise ValueError(f"Unknown model '{cfg.arch}'. Valid models: {sorted(MODELS)}")
+    return MODELS[cfg.arch](cfg, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+
+
+__all__ = ["MODELS", "ModelConfig", "build_model"]

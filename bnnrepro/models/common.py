@@ -1,0 +1,84 @@
+"""Pieces shared by the model files: which precision each layer gets, and the block orders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from bnnrepro.nn.layers import QuantAct
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one network. Float and binary variants of a model differ only in these values."""
+
+    arch: str                   # registered model name: lenet5 | vggnet7
+    weights: str = "binary"     # fp | binary: precision of every weight layer (see the *_fp and ternary_* keys)
+    activations: str = "binary" # relu | binary
+    estimator: str = "bnn"      # STE of quantized activations: vanilla | bnn | bireal | swish
+    swish_beta: float = 10.0
+    layer_order: str = "CPBA"   # CBAP: conv-BN-act-pool, CPBA: conv-pool-BN-act (RWTH's binary preset)
+    bias: bool = False          # biases on quantized layers (full-precision layers always have one)
+    batchnorm: bool = True
+    width: float = 1.0          # channel multiplier (RWTH width_infl for LeNet5, width_scale for VGGNet7)
+    first_layer_fp: bool = False
+    last_layer_fp: bool = False
+    ternary_weights: str = ""   # one digit per weight layer, 1 = ternary weights (RWTH tern_weights); "" = none
+    ternary_acts: str = ""      # one digit per quantized activation, 1 = ternary (RWTH tern_acts); "" = none
+
+
+def _digits(value: str, n: int, key: str) -> list[bool]:
+    value = value or "0" * n
+    if len(value) != n or set(value) - {"0", "1"}:
+        raise ValueError(f"model.{key} must be {n} digits of 0/1 (one per layer), got '{value}'")
+    return [d == "1" for d in value]
+
+
+def weight_precisions(cfg: ModelConfig, n_layers: int) -> list[str]:
+    if cfg.weights not in ("fp", "binary"):
+        raise ValueError(f"model.weights must be 'fp' or 'binary', got '{cfg.weights}'")
+    ternary = _digits(cfg.ternary_weights, n_layers, "ternary_weights")
+    precisions = []
+    for i in range(n_layers):
+        fp = cfg.weights == "fp" or (i == 0 and cfg.first_layer_fp) or (i == n_layers - 1 and cfg.last_layer_fp)
+        precisions.append("fp" if fp else "ternary" if ternary[i] else "binary")
+    return precisions
+
+
+def activation_layers(cfg: ModelConfig, n_acts: int) -> list[nn.Module]:
+    if cfg.activations == "relu":
+        _digits(cfg.ternary_acts, n_acts, "ternary_acts")
+        return [nn.ReLU() for _ in range(n_acts)]
+    if cfg.activations != "binary":
+        raise ValueError(f"model.activations must be 'relu' or 'binary', got '{cfg.activations}'")
+    ternary = _digits(cfg.ternary_acts, n_acts, "ternary_acts")
+    return [QuantAct("ternary" if t else "binary", cfg.estimator, cfg.swish_beta) for t in ternary]
+
+
+def norm2d(cfg: ModelConfig, channels: int) -> nn.Module:
+    return nn.BatchNorm2d(channels) if cfg.batchnorm else nn.Identity()
+
+
+def norm1d(cfg: ModelConfig, features: int, affine: bool = True) -> nn.Module:
+    return nn.BatchNorm1d(features, affine=affine) if cfg.batchnorm else nn.Identity()
+
+
+def conv_block(x: torch.Tensor, conv: nn.Module, bn: nn.Module, act: nn.Module, pool: nn.Module | None,
+               order: str) -> torch.Tensor:
+    """CBAP: conv -> BN -> act -> pool. CPBA: conv -> pool -> BN -> act (pooling real values, not signs)."""
+    if order == "CBAP":
+        x = act(bn(conv(x)))
+        return pool(x) if pool is not None else x
+    if order == "CPBA":
+        x = conv(x)
+        return act(bn(pool(x) if pool is not None else x))
+    raise ValueError(f"model.layer_order must be 'CBAP' or 'CPBA', got '{order}'")
+
+
+def xavier_init_(model: nn.Module) -> None:
+    """RWTH initialises every conv and linear weight with xavier_normal_; biases keep PyTorch's default."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_normal_(m.weight)

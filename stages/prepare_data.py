@@ -1,0 +1,49 @@
+"""DVC stage data@<name>: download (verified) and prepare one dataset.
+
+    python stages/prepare_data.py mnist --out data/prepared/mnist --raw data/raw/mnist \
+        --profile quick --profile-datasets digits,mnist,fashion-mnist
+
+The mirror (a folder or base URL) comes from BNNREPRO_MIRROR. A dataset outside the profile's
+list is not downloaded: the stage records why in `skipped.json` instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from bnnrepro.data.download import DownloadError
+from bnnrepro.data.prepared import DATA_FILE, SKIP_FILE, prepare_dataset
+from bnnrepro.io import write_json
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--raw", type=Path, required=True)
+    p.add_argument("--profile", default="quick")
+    p.add_argument("--profile-datasets", default=None, help="comma-separated datasets this profile prepares")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    for stale in (args.out / DATA_FILE, args.out / SKIP_FILE):
+        stale.unlink(missing_ok=True)
+    if args.profile_datasets is not None and args.name not in args.profile_datasets.split(","):
+        write_json(args.out / SKIP_FILE, {"reason": f"not part of the '{args.profile}' profile "
+                                                    f"(datasets: {args.profile_datasets})"})
+        print(f"{args.name}: skipped in profile {args.profile}")
+        return 0
+    try:
+        path = prepare_dataset(args.name, args.out, args.raw)
+    except DownloadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.name}: prepared {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""DVC stage train@<run>: train one experiment config and write its model and reports.
+
+    python stages/train.py RUN --config config/rwth/binary_mnist.yml --data data/prepared/mnist \
+        --profile quick --device auto [-o train.epochs=3 ...]
+
+Writes models/RUN/ (latent weights + metadata) and reports/runs/RUN/{metrics.json,history.csv}.
+A killed run resumes from checkpoints/RUN/ when the same command is run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from bnnrepro.config import load_experiment, parse_override, skip_reason
+from bnnrepro.data.prepared import load_dataset
+from bnnrepro.engine.train import fit
+from bnnrepro.export import save_model
+from bnnrepro.io import write_json, write_text
+from bnnrepro.runtime import device_description, environment, git_commit, resolve_device
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run name (the DVC stage key)")
+    p.add_argument("--config", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path, help="prepared dataset folder")
+    p.add_argument("--profile", default="quick")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--models", type=Path, default=Path("models"))
+    p.add_argument("--reports", type=Path, default=Path("reports/runs"))
+    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))
+    p.add_argument("-o", "--override", action="append", default=[], help="section.key=value (repeatable)")
+    return p.parse_args(argv)
+
+
+def write_skipped(args, reason: str, cfg) -> None:
+    write_json(args.models / args.run / "metadata.json", {"status": "skipped", "reason": reason})
+    write_json(args.reports / args.run / "metrics.json",
+               {"run": args.run, "paper": cfg.paper, "status": "skipped", "reason": reason, "profile": args.profile,
+                "reported": cfg.reported, "dataset": cfg.data.dataset, "model": cfg.model.arch})
+    write_text(args.reports / args.run / "history.csv", "epoch,val_top1\n")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = dict(parse_override(o) for o in args.override)
+    cfg = load_experiment(args.config, overrides, profile=args.profile)
+    reason = skip_reason(args.config, args.profile)
+    if reason:
+        write_skipped(args, reason, cfg)
+        return 0
+    device = resolve_device(args.device)
+    dataset = load_dataset(args.data)
+    result = fit(cfg, dataset, device, args.checkpoints / args.run / f"{cfg.digest()}.pt")
+
+    c, h, _ = dataset.image_shape
+    input_spec = {"channels": c, "image_size": h, "num_classes": dataset.num_classes}
+    run_info = {"run": args.run, "paper": cfg.paper, "status": "trained", "profile": args.profile,
+                "epochs": cfg.train.epochs, "seed": cfg.train.seed, "device": device.type,
+                "dataset": cfg.data.dataset, "data_sha256": dataset.sha256, "model": cfg.model.arch,
+                "reported": cfg.reported, "best_epoch": result.best_epoch,
+                "best_val_top1": round(result.best_val_top1, 2),
+                "test_top1": round(result.test["top1"], 2), "test_top5": round(result.test["top5"], 2),
+                "test_n": result.test["n"]}
+    timing = {"device": device_description(device), "train_seconds": round(result.train_seconds, 1),
+              "seconds_per_epoch": round(result.train_seconds / max(len(result.history), 1), 2),
+              "resumed_from_epoch": result.resumed_from_epoch, "threads": torch.get_num_threads(),
+              "commit": git_commit(), **environment(device)}
+    save_model(result.model, args.models / args.run, cfg, input_spec, "latent", {"result": run_info, "timing": timing})
+    write_json(args.reports / args.run / "metrics.json", run_info)
+    # wall-clock columns stay out of reports/ so that two runs give byte-identical reports
+    history = pd.DataFrame(result.history).drop(columns=["epoch_seconds", "train_images_per_s"])
+    write_text(args.reports / args.run / "history.csv", history.to_csv(index=False, float_format="%.4f"))
+    checkpoint = args.checkpoints / args.run / f"{cfg.digest()}.pt"
+    checkpoint.unlink(missing_ok=True)  # finished: a later run must train afresh, not reuse this state
+    print(f"{args.run}: test top-1 {run_info['test_top1']:.2f} % (best val {run_info['best_val_top1']:.2f} % "
+          f"at epoch {result.best_epoch}/{cfg.train.epochs}, profile {args.profile}, {timing['device']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
