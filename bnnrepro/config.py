@@ -72,8 +72,12 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
     def digest(self) -> str:
-        """Identifies a training run: everything that changes its result."""
+        """Identifies a training run: everything that changes the weights after a given epoch.
+
+        train.epochs is left out: no schedule depends on the total, so a checkpoint after epoch k
+        continues any run of the same config, and a run can be extended or stopped early."""
         d = {k: v for k, v in self.to_dict().items() if k in ("data", "model", "optim", "train")}
+        d["train"] = {k: v for k, v in d["train"].items() if k != "epochs"}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

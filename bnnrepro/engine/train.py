@@ -127,6 +127,9 @@ def fit(cfg: ExperimentConfig, dataset: Dataset, device: torch.device, checkpoin
     history, best = [], {"epoch": 0, "val_top1": -1.0, "model": None}
     start_epoch, train_seconds = 1, 0.0
     if state is not None:
+        if state["epoch"] > cfg.train.epochs:
+            raise RuntimeError(f"checkpoint '{checkpoint_path}' is after epoch {state['epoch']}, past the "
+                               f"{cfg.train.epochs} epochs asked for; ask for more epochs or delete it")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history, best, train_seconds = state["history"], state["best"], state["train_seconds"]

@@ -1,0 +1,67 @@
+"""Read the official checkpoints of the RWTH "Efficient Binary Neural Networks" code (seed 002).
+
+A run folder holds `params.yml` (the merged settings) and `results.pt`, whose `model_best` is a
+plain state_dict; binary layers hold +-1 weights (spec A.9, A.10). `results.pt` is read with
+`weights_only=True`, so no pickled code runs; `params.pt` (a pickled argparse.Namespace) is never read.
+The layer names of our LeNet5/VGGNet7 follow the RWTH modules (conv1.., bn1.., fc1..); a
+`module.` prefix left by nn.DataParallel is removed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from bnnrepro.config import DataConfig, ExperimentConfig, OptimConfig, TrainConfig
+from bnnrepro.io import torch_load
+from bnnrepro.models.common import ModelConfig
+
+# dataset -> (network, normalization) as the RWTH code pairs them (spec A.1, A.2)
+DATASETS = {"mnist": ("lenet5", [0.0], [1.0]), "cifar10": ("vggnet7", [0.5] * 3, [0.5] * 3)}
+
+
+def is_rwth_folder(path: str | os.PathLike) -> bool:
+    return (Path(path) / "results.pt").is_file()
+
+
+def config_from_params(params: dict[str, Any], name: str) -> ExperimentConfig:
+    dataset = params.get("dataset")
+    if dataset not in DATASETS:
+        raise ValueError(f"RWTH params: dataset '{dataset}' is not one of {sorted(DATASETS)}")
+    arch, mean, std = DATASETS[dataset]
+    if str(params.get("net", "")).lower() != arch:
+        raise ValueError(f"RWTH params: net '{params.get('net')}' does not go with dataset '{dataset}'")
+    if params.get("binarize"):
+        model = ModelConfig(
+            arch=arch, weights="binary", activations="binary", estimator=params.get("gradient_estimator", "bnn"),
+            swish_beta=float(params.get("swish_beta", 10)), layer_order=params.get("layer_order", "CPBA"),
+            bias=not params.get("no_biases", False), batchnorm=not params.get("no_batchnorm", False),
+            width=float(params.get("width_infl" if arch == "lenet5" else "width_scale", 1)),
+            first_layer_fp=bool(params.get("first_weights_fullprecision") or params.get("l1_fp")),
+            last_layer_fp=bool(params.get("last_weights_fullprecision") or params.get("ln_fp")),
+            ternary_weights=str(params.get("tern_weights", "") or ""), ternary_acts=str(params.get("tern_acts", "") or ""))
+    else:  # the float networks ignore the binary options (spec C.11)
+        model = ModelConfig(arch=arch, weights="fp", activations="relu", layer_order="CBAP", bias=True)
+    return ExperimentConfig(
+        name=name, paper="rwth", description=f"official RWTH checkpoint ({name})",
+        data=DataConfig(dataset=dataset, batch_size=int(params.get("batch_size", 50)), mean=mean, std=std),
+        model=model, optim=OptimConfig(name=str(params.get("optimizer", "sgd")).lower(), lr=float(params.get("lr", 0.01))),
+        train=TrainConfig(epochs=int(params.get("epochs", 0)), seed=int(params.get("seed", 0))))
+
+
+def load_rwth_state_dict(results_path: str | os.PathLike, key: str = "model_best") -> dict[str, torch.Tensor]:
+    results = torch_load(results_path)
+    if not isinstance(results, dict) or key not in results:
+        raise RuntimeError(f"'{results_path}' has no '{key}' entry: not an RWTH results.pt")
+    return {k.removeprefix("module."): v for k, v in results[key].items()}
+
+
+def read_params(folder: str | os.PathLike) -> dict[str, Any]:
+    path = Path(folder) / "params.yml"
+    if not path.is_file():
+        raise FileNotFoundError(f"'{folder}' holds results.pt but no params.yml: cannot tell which network it is")
+    return yaml.safe_load(path.read_text())
