@@ -1,0 +1,1 @@
+"""Turn the pipeline's JSON results into the tables and plots of reports/."""

@@ -1,0 +1,33 @@
+"""DVC stage report: reports/accuracy.{md,csv} and reports/plots/*.png from the pipeline's results."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bnnrepro.io import write_text
+from bnnrepro.report.accuracy import collect, to_markdown
+from bnnrepro.report.plots import plot_runs, plot_rwth_curves
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--runs", type=Path, default=Path("reports/runs"))
+    p.add_argument("--pretrained", type=Path, default=Path("pretrained"))
+    p.add_argument("--pretrained-results", type=Path, default=Path("reports/pretrained"))
+    p.add_argument("--reference", type=Path, default=Path("reference"))
+    p.add_argument("--out", type=Path, default=Path("reports"))
+    args = p.parse_args(argv)
+
+    table = collect(args.runs, args.pretrained, args.pretrained_results)
+    write_text(args.out / "accuracy.csv", table.to_csv(index=False))
+    write_text(args.out / "accuracy.md", to_markdown(table))
+    plot_rwth_curves(args.pretrained, args.reference, args.out / "plots" / "rwth_curves.png")
+    plot_runs(args.runs, args.out / "plots" / "runs.png")
+    print(to_markdown(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
