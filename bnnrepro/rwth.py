@@ -57,7 +57,11 @@ def load_rwth_state_dict(results_path: str | os.PathLike, key: str = "model_best
     results = torch_load(results_path)
     if not isinstance(results, dict) or key not in results:
         raise RuntimeError(f"'{results_path}' has no '{key}' entry: not an RWTH results.pt")
-    return {k.removeprefix("module."): v for k, v in results[key].items()}
+    state = results[key]
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise RuntimeError(f"'{results_path}': '{key}' is not a state_dict (names -> tensors)")
+    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def read_params(folder: str | os.PathLike) -> dict[str, Any]:

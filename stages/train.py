@@ -44,7 +44,8 @@ def write_skipped(args, reason: str, cfg) -> None:
     write_json(args.models / args.run / "metadata.json", {"status": "skipped", "reason": reason})
     write_json(args.reports / args.run / "metrics.json",
                {"run": args.run, "paper": cfg.paper, "status": "skipped", "reason": reason, "profile": args.profile,
-                "reported": cfg.reported, "dataset": cfg.data.dataset, "model": cfg.model.arch})
+                "reported": cfg.reported, "dataset": cfg.data.dataset, "model": cfg.model.arch,
+                "method": cfg.model.describe()})
     write_text(args.reports / args.run / "history.csv", "epoch,val_top1\n")
 
 
@@ -68,6 +69,7 @@ def main(argv=None) -> int:
     run_info = {"run": args.run, "paper": cfg.paper, "status": "trained", "profile": args.profile,
                 "epochs": cfg.train.epochs, "seed": cfg.train.seed, "device": device.type,
                 "dataset": cfg.data.dataset, "data_sha256": dataset.sha256, "model": cfg.model.arch,
+                "method": cfg.model.describe(),
                 "reported": cfg.reported, "best_epoch": result.best_epoch,
                 "best_val_top1": round(result.best_val_top1, 2),
                 "test_top1": round(result.test["top1"], 2), "test_top5": round(result.test["top5"], 2),

@@ -109,7 +109,6 @@ def test_random_crop_cuts_a_window_of_the_padded_batch(pad_mode):
         assert len(matches) == 1, f"sample {i} is not a window of its padded image"
         offsets.add(matches[0])
     assert len(offsets) > 5  # offsets vary between samples
-    assert (p, p) in offsets or len(offsets) < (2 * p + 1) ** 2
 
 
 def test_random_crop_constant_pads_with_zeros_and_replicate_with_edges():

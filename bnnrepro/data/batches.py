@@ -79,7 +79,7 @@ class BatchLoader:
             yield self._transform(self.images[idx], gen), self.labels[idx]
 
     def _transform(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x = images.float().mul_(self.scale)
+        x = images.float() * self.scale  # not in place: float images would alias the dataset
         if self.augment.flip:
             x = random_flip(x, gen)
         if self.augment.crop_padding:

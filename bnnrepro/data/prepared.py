@@ -51,10 +51,16 @@ def prepare_dataset(name: str, out_dir: str | os.PathLike, raw_dir: str | os.Pat
     for resource in source.resources:
         fetch(resource, name, raw_dir, mirror)
     checksums = {r.filename: r.md5 for r in source.resources}
-    tensors = source.parse(raw_dir)
+    return write_prepared(name, source.parse(raw_dir), out_dir, checksums)
+
+
+def write_prepared(name: str, tensors: dict[str, torch.Tensor], out_dir: str | os.PathLike,
+                   raw_md5: dict[str, str] | None = None) -> Path:
+    """Write parsed split tensors as `out_dir/data.safetensors` (atomically)."""
+    source = get_source(name)
     _check_tensors(name, tensors)
     metadata = {"name": name, "num_classes": str(source.num_classes), "max_value": str(source.max_value),
-                "raw_md5": json.dumps(checksums, sort_keys=True)}
+                "raw_md5": json.dumps(raw_md5 or {}, sort_keys=True)}
     blob = save({k: tensors[k].contiguous() for k in SPLIT_KEYS}, metadata=metadata)
     out_file = Path(out_dir) / DATA_FILE
     with atomic_write(out_file) as f:

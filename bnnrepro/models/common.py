@@ -28,6 +28,14 @@ class ModelConfig:
     ternary_weights: str = ""   # one digit per weight layer, 1 = ternary weights (RWTH tern_weights); "" = none
     ternary_acts: str = ""      # one digit per quantized activation, 1 = ternary (RWTH tern_acts); "" = none
 
+    def describe(self) -> str:
+        """Short name of the method for tables: 'float' or the binarization scheme."""
+        if self.weights == "fp":
+            return "float"
+        ternary = " (ternary: w " + (self.ternary_weights or "-") + ", a " + (self.ternary_acts or "-") + ")"
+        has_ternary = "1" in self.ternary_weights + self.ternary_acts
+        return f"binary, STE {self.estimator}, {self.layer_order}{ternary if has_ternary else ''}"
+
 
 def _digits(value: str, n: int, key: str) -> list[bool]:
     value = value or "0" * n

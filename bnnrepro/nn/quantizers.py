@@ -65,8 +65,9 @@ def surrogate_grad(x: torch.Tensor, estimator: str, beta: float = 10.0) -> torch
     if estimator == "bireal":
         return (2 - 2 * x.abs()) * inside
     if estimator == "swish":
-        s = torch.sigmoid(beta * x)
-        return 2 * beta * s * (1 - s) * (2 + beta * x * (1 - 2 * s))
+        # sigmoid(-bx) instead of 1 - s: no cancellation for large |x|
+        s, s_neg = torch.sigmoid(beta * x), torch.sigmoid(-beta * x)
+        return 2 * beta * s * s_neg * (2 + beta * x * (s_neg - s))
     raise ValueError(f"Unknown gradient estimator '{estimator}'. Valid: {ESTIMATORS}")
 
 

@@ -8,17 +8,13 @@ from typing import Any
 
 import pandas as pd
 
+from bnnrepro.models.common import ModelConfig
+
 # A single-seed run counts as reproducing the paper when it is at most this far below it (points).
 TOLERANCE = 0.1
 
 COLUMNS = ["paper", "experiment", "model", "dataset", "method", "reported_top1", "reproduced_top1",
            "difference", "reproduced_top5", "profile", "epochs", "seed", "device", "status"]
-
-
-def method_name(model_cfg: dict[str, Any]) -> str:
-    if model_cfg["weights"] == "fp":
-        return "float"
-    return f"binary weights+acts, STE {model_cfg['estimator']}, {model_cfg['layer_order']}"
 
 
 def status(reported: float | None, reproduced: float | None, note: str = "") -> str:
@@ -31,17 +27,17 @@ def status(reported: float | None, reproduced: float | None, note: str = "") -> 
     return f"{verdict}{' (' + note + ')' if note else ''}"
 
 
-def run_row(metrics: dict[str, Any], model_cfg: dict[str, Any] | None) -> dict[str, Any]:
+def run_row(metrics: dict[str, Any]) -> dict[str, Any]:
     reported = metrics.get("reported", {}).get("top1")
     if metrics["status"] == "skipped":
         return {"paper": metrics["paper"], "experiment": metrics["run"], "model": metrics["model"],
-                "dataset": metrics["dataset"], "method": method_name(model_cfg) if model_cfg else "",
+                "dataset": metrics["dataset"], "method": metrics["method"],
                 "reported_top1": reported, "profile": metrics["profile"],
                 "status": f"not run: {metrics['reason']}"}
     top1 = metrics["test_top1"]
     note = f"{metrics['profile']} profile, {metrics['epochs']} epochs" if metrics["profile"] != "paper" else ""
     return {"paper": metrics["paper"], "experiment": metrics["run"], "model": metrics["model"],
-            "dataset": metrics["dataset"], "method": method_name(model_cfg) if model_cfg else "",
+            "dataset": metrics["dataset"], "method": metrics["method"],
             "reported_top1": reported, "reproduced_top1": top1,
             "difference": round(top1 - reported, 2) if reported is not None else None,
             "reproduced_top5": metrics.get("test_top5"), "profile": metrics["profile"], "epochs": metrics["epochs"],
@@ -53,7 +49,7 @@ def pretrained_row(name: str, metadata: dict[str, Any], result: dict[str, Any]) 
     reported = cfg["reported"].get("top1")
     top1 = result["accuracy"]
     return {"paper": cfg["paper"], "experiment": f"pretrained/{name}", "model": cfg["model"]["arch"],
-            "dataset": result["dataset"], "method": method_name(cfg["model"]), "reported_top1": reported,
+            "dataset": result["dataset"], "method": ModelConfig(**cfg["model"]).describe(), "reported_top1": reported,
             "reproduced_top1": top1, "difference": round(top1 - reported, 2) if reported is not None else None,
             "reproduced_top5": result.get("top5"), "profile": f"shipped ({metadata['profile']} recipe)",
             "epochs": metadata["epochs_trained"], "seed": metadata["seed"], "device": "cpu",
@@ -63,10 +59,7 @@ def pretrained_row(name: str, metadata: dict[str, Any], result: dict[str, Any]) 
 def collect(runs_dir: Path, pretrained_dir: Path, pretrained_results: Path) -> pd.DataFrame:
     rows = []
     for metrics_file in sorted(runs_dir.glob("*/metrics.json")):
-        metrics = json.loads(metrics_file.read_text())
-        meta_file = Path("models") / metrics["run"] / "metadata.json"
-        model_cfg = json.loads(meta_file.read_text()).get("config", {}).get("model") if meta_file.is_file() else None
-        rows.append(run_row(metrics, model_cfg))
+        rows.append(run_row(json.loads(metrics_file.read_text())))
     for result_file in sorted(pretrained_results.glob("*.json")):
         name = result_file.stem
         metadata = json.loads((pretrained_dir / name / "metadata.json").read_text())

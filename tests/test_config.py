@@ -1,0 +1,174 @@
+"""Experiment configs: every key checked, errors name the file and the key, overrides and profiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bnnrepro.config import ConfigError, ExperimentConfig, load_experiment, parse_override, skip_reason
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config" / "rwth"
+RWTH_CONFIGS = sorted(CONFIG_DIR.glob("*.yml"))
+MNIST = CONFIG_DIR / "binary_mnist.yml"
+
+
+def test_rwth_configs_exist():
+    assert {p.name for p in RWTH_CONFIGS} >= {"binary_mnist.yml", "ref_mnist.yml",
+                                              "binary_cifar10.yml", "ref_cifar10.yml"}
+
+
+@pytest.mark.parametrize("path", RWTH_CONFIGS, ids=lambda p: p.name)
+def test_every_rwth_config_loads(path):
+    cfg = load_experiment(path)
+    assert isinstance(cfg, ExperimentConfig)
+    assert cfg.name == path.stem and cfg.paper == "rwth"
+    assert cfg.train.epochs > 0 and cfg.data.batch_size > 0
+    assert len(cfg.optim.lr_milestones) == len(cfg.optim.lr_decay)
+    assert isinstance(cfg.optim.lr, float) and isinstance(cfg.optim.weight_decay, float)
+    assert len(cfg.digest()) == 16
+    for profile in ("quick", "paper"):
+        load_experiment(path, profile=profile)
+
+
+def variant(tmp_path: Path, change, name: str = "variant.yml") -> Path:
+    """A copy of binary_mnist.yml with `change(raw)` applied."""
+    raw = yaml.safe_load(MNIST.read_text())
+    change(raw)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def test_unknown_top_level_key(tmp_path):
+    path = variant(tmp_path, lambda r: r.update(optimizer={"lr": 1.0}))
+    with pytest.raises(ConfigError) as info:
+        load_experiment(path)
+    assert str(path) in str(info.value) and "optimizer" in str(info.value)
+
+
+def test_unknown_section_key(tmp_path):
+    path = variant(tmp_path, lambda r: r["optim"].update(lrr=0.1))
+    with pytest.raises(ConfigError) as info:
+        load_experiment(path)
+    msg = str(info.value)
+    assert str(path) in msg and "optim" in msg and "lrr" in msg
+
+
+def test_wrong_type(tmp_path):
+    path = variant(tmp_path, lambda r: r["train"].update(epochs="ten"))
+    with pytest.raises(ConfigError) as info:
+        load_experiment(path)
+    msg = str(info.value)
+    assert str(path) in msg and "train.epochs" in msg and "ten" in msg
+
+
+@pytest.mark.parametrize("section,key,value", [
+    ("train", "epochs", 2.5),        # float for int
+    ("train", "epochs", True),       # bool is not an int here
+    ("model", "bias", "yes"),        # string for bool
+    ("optim", "lr", "1e-3"),         # YAML 1.1 reads 1e-3 (no dot) as a string
+    ("data", "mean", 0.5),           # scalar for list
+    ("optim", "lr_milestones", [1, "x"]),
+])
+def test_wrong_types_are_errors(tmp_path, section, key, value):
+    path = variant(tmp_path, lambda r: r[section].update({key: value}))
+    with pytest.raises(ConfigError, match=f"{section}.{key}"):
+        load_experiment(path)
+
+
+def test_int_is_accepted_for_float(tmp_path):
+    path = variant(tmp_path, lambda r: r["optim"].update(lr=1))
+    cfg = load_experiment(path)
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
+
+
+def test_missing_required_key(tmp_path):
+    path = variant(tmp_path, lambda r: r["train"].pop("epochs"))
+    with pytest.raises(ConfigError, match="epochs") as info:
+        load_experiment(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_section(tmp_path):
+    path = variant(tmp_path, lambda r: r.pop("optim"))
+    with pytest.raises(ConfigError, match="optim"):
+        load_experiment(path)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_experiment(tmp_path / "nope.yml")
+    bad = tmp_path / "bad.yml"
+    bad.write_text("train: [epochs: 3\n")
+    with pytest.raises(ConfigError, match="bad.yml"):
+        load_experiment(bad)
+
+
+def test_overrides():
+    base = load_experiment(MNIST)
+    cfg = load_experiment(MNIST, {"train.epochs": 3, "optim.lr": 0.5, "data.flip": True})
+    assert cfg.train.epochs == 3 and cfg.optim.lr == 0.5 and cfg.data.flip is True
+    assert cfg.model == base.model and cfg.train.seed == base.train.seed
+    key, value = parse_override("train.epochs=7")
+    assert load_experiment(MNIST, {key: value}).train.epochs == 7
+    assert parse_override("data.mean=[0.5, 0.5]") == ("data.mean", [0.5, 0.5])
+
+
+@pytest.mark.parametrize("overrides,word", [
+    ({"train.epochz": 3}, "epochz"),
+    ({"trainer.epochs": 3}, "trainer.epochs"),
+    ({"train": 3}, "train"),
+    ({"train.epochs": "ten"}, "train.epochs"),
+])
+def test_bad_overrides(overrides, word):
+    with pytest.raises(ConfigError, match=word) as info:
+        load_experiment(MNIST, overrides)
+    assert str(MNIST) in str(info.value)
+
+
+def test_override_without_equals_sign():
+    with pytest.raises(ConfigError):
+        parse_override("train.epochs")
+
+
+def test_quick_profile_applies_its_overrides():
+    assert load_experiment(MNIST).train.epochs == 500
+    quick = load_experiment(MNIST, profile="quick")
+    assert quick.train.epochs == 2
+    assert load_experiment(MNIST, {"train.epochs": 5}, profile="quick").train.epochs == 5  # explicit wins
+    assert load_experiment(MNIST, profile="paper").train.epochs == 500  # no such profile: no change
+
+
+def test_skip_reason():
+    for path in RWTH_CONFIGS:
+        reason = skip_reason(path, "quick")
+        if "cifar" in path.stem:
+            assert isinstance(reason, str) and "CIFAR-10" in reason
+        else:
+            assert reason is None
+        assert skip_reason(path, "paper") is None
+
+
+def test_digest_tracks_training_relevant_keys_only(tmp_path):
+    base = load_experiment(MNIST).digest()
+    assert load_experiment(MNIST).digest() == base  # stable
+    assert load_experiment(MNIST, {"train.seed": 9}).digest() != base
+    assert load_experiment(MNIST, {"train.loss": "cross_entropy"}).digest() != base
+    assert load_experiment(MNIST, {"optim.lr": 0.02}).digest() != base
+    assert load_experiment(MNIST, {"data.batch_size": 100}).digest() != base
+    assert load_experiment(MNIST, {"model.width": 2.0}).digest() != base
+    described = variant(tmp_path, lambda r: r.update(description="something else", reported={"top1": 1.0}))
+    assert load_experiment(described).digest() == base
+    # writing a default value explicitly does not change the run
+    explicit = variant(tmp_path, lambda r: r["train"].update(clip_latent=1.0), name="explicit.yml")
+    assert load_experiment(explicit).digest() == base
+
+
+def test_digest_leaves_out_epochs():
+    """By design (see ExperimentConfig.digest): no schedule depends on the total, so a run can be
+    extended or stopped early and its checkpoints still match."""
+    base = load_experiment(MNIST).digest()
+    assert load_experiment(MNIST, {"train.epochs": 3}).digest() == base
+    assert load_experiment(MNIST, profile="quick").digest() == base
