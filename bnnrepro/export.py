@@ -68,7 +68,8 @@ def save_model(model: nn.Module, out_dir: str | os.PathLike, config: ExperimentC
         state, encodings = _packed_state(model)
     else:
         state, encodings = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, {}
-    blob = save_safetensors(state, metadata={"format": fmt, "encodings": json.dumps(encodings, sort_keys=True)})
+    # a single metadata key: safetensors writes several in a random order (non-reproducible bytes)
+    blob = save_safetensors(state, metadata={"encodings": json.dumps(encodings, sort_keys=True)})
     with atomic_write(out_dir / "model.safetensors") as f:
         f.write(blob)
     write_json(out_dir / "metadata.json",

@@ -39,6 +39,7 @@ class Dataset:
 
 
 DATA_FILE = "data.safetensors"
+META_KEY = "bnnrepro"
 SKIP_FILE = "skipped.json"
 
 
@@ -59,9 +60,10 @@ def write_prepared(name: str, tensors: dict[str, torch.Tensor], out_dir: str | o
     """Write parsed split tensors as `out_dir/data.safetensors` (atomically)."""
     source = get_source(name)
     _check_tensors(name, tensors)
-    metadata = {"name": name, "num_classes": str(source.num_classes), "max_value": str(source.max_value),
-                "raw_md5": json.dumps(raw_md5 or {}, sort_keys=True)}
-    blob = save({k: tensors[k].contiguous() for k in SPLIT_KEYS}, metadata=metadata)
+    info = {"name": name, "num_classes": source.num_classes, "max_value": source.max_value, "raw_md5": raw_md5 or {}}
+    # one metadata key holding sorted JSON: safetensors writes several keys in a random order,
+    # which would change the file's bytes (and DVC's hash) from run to run
+    blob = save({k: tensors[k].contiguous() for k in SPLIT_KEYS}, metadata={META_KEY: json.dumps(info, sort_keys=True)})
     out_file = Path(out_dir) / DATA_FILE
     with atomic_write(out_file) as f:
         f.write(blob)
@@ -89,7 +91,7 @@ def load_dataset(folder: str | os.PathLike) -> Dataset:
                                 f"or `python stages/prepare_data.py {folder.name}`.")
 
     with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
+        meta = json.loads(f.metadata()[META_KEY])
     tensors = load_file(str(path))
-    return Dataset(name=meta["name"], num_classes=int(meta["num_classes"]), max_value=int(meta["max_value"]),
+    return Dataset(name=meta["name"], num_classes=meta["num_classes"], max_value=meta["max_value"],
                    sha256=file_digest(path, "sha256"), **{k: tensors[k] for k in SPLIT_KEYS})

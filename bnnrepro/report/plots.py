@@ -30,6 +30,8 @@ def plot_rwth_curves(pretrained: Path, reference: Path, out: Path) -> None:
     for ax, (name, (ref, title)) in zip(axes, RWTH_CURVES.items()):
         official = np.loadtxt(reference / "rwth" / ref / "accuracies.txt")
         ax.plot(np.arange(1, len(official) + 1), official, color="0.6", lw=1, label="official run (seed 002 repo)")
+        reported = float(np.loadtxt(reference / "rwth" / ref / "test_accuracy.txt"))
+        ax.axhline(reported, color="C3", ls="--", lw=1, label=f"paper: test accuracy {reported:.2f} %")
         history = pretrained / name / "history.csv"
         if history.is_file():
             ours = pd.read_csv(history)
