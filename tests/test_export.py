@@ -17,11 +17,10 @@ import torch
 import torch.nn as nn
 import yaml
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 import bnnrepro.infer as infer
 from bnnrepro.config import load_experiment
-from bnnrepro.data.prepared import Dataset
+from bnnrepro.data.prepared import Dataset, write_prepared
 from bnnrepro.engine.train import fit
 from bnnrepro.export import load_model, pack_signs, save_model, unpack_signs
 from bnnrepro.models import build_model
@@ -33,15 +32,6 @@ LENET_INPUT = {"channels": 1, "image_size": 28, "num_classes": 10}
 VGG_INPUT = {"channels": 3, "image_size": 32, "num_classes": 10}
 RWTH_PARAMS = [REPO.parent / "shared" / "reference" / "rwth" / "lenet5_binary" / "params.yml",
                REPO / "reference" / "rwth" / "lenet5_binary" / "params.yml"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: several times faster than oversubscribing a small, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def config(name: str = "binary_mnist", **model_changes):
@@ -114,10 +104,8 @@ def data_root(tiny_mnist, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     folder = root / "prepared" / "mnist"
     folder.mkdir(parents=True)
-    save_file({"train_images": tiny_mnist.train_images, "train_labels": tiny_mnist.train_labels,
-               "test_images": tiny_mnist.test_images, "test_labels": tiny_mnist.test_labels},
-              str(folder / "data.safetensors"),
-              metadata={"name": "mnist", "num_classes": "10", "max_value": "255", "raw_md5": "{}"})
+    write_prepared("mnist", {"train_images": tiny_mnist.train_images, "train_labels": tiny_mnist.train_labels,
+                             "test_images": tiny_mnist.test_images, "test_labels": tiny_mnist.test_labels}, folder)
     return root
 
 
@@ -188,7 +176,7 @@ def test_packed_file_is_small_and_holds_bits(tmp_path):
     assert path.stat().st_size * 20 < state_bytes(model)
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-        assert meta["format"] == "packed"
+        assert json.loads((tmp_path / "m" / "metadata.json").read_text())["format"] == "packed"
         encodings = json.loads(meta["encodings"])
         assert set(encodings) == {"conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"}
         assert encodings["fc1.weight"] == {"encoding": "sign_bits", "shape": [512, 1600]}
@@ -429,3 +417,13 @@ def test_infer_main_truncated_model_is_exit_1(data_root, tmp_path, capsys):
     path.write_bytes(path.read_bytes()[:100])
     assert infer.main(["--model-path", str(tmp_path / "m"), "--data-root", str(data_root)]) == 1
     assert "truncated" in capsys.readouterr().err
+
+
+def test_saved_files_are_byte_identical_across_saves(tmp_path):
+    """Same model, same bytes: DVC hashes model files, so a rerun must not change them."""
+    model = lenet()
+    for fmt in ("packed", "latent"):
+        save_model(model, tmp_path / f"{fmt}1", config(), LENET_INPUT, fmt=fmt)
+        save_model(model, tmp_path / f"{fmt}2", config(), LENET_INPUT, fmt=fmt)
+        for name in ("model.safetensors", "metadata.json"):
+            assert (tmp_path / f"{fmt}1" / name).read_bytes() == (tmp_path / f"{fmt}2" / name).read_bytes()

@@ -49,15 +49,6 @@ def record(model: nn.Module, names: list[str]):
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: several times faster than oversubscribing a small, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------------------------------ LeNet5
 
 @pytest.mark.parametrize("name", ["binary_mnist", "ref_mnist"])

@@ -14,15 +14,6 @@ BETA = 10.0
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: several times faster than oversubscribing a small, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ----------------------------------------------------------------------------------------- sign
 
 def test_sign_maps_both_zeros_to_plus_one_and_never_returns_zero():

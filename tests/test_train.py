@@ -58,15 +58,6 @@ def assert_same_state(a: dict, b: dict):
         assert torch.equal(a[k], b[k]), k
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: several times faster than oversubscribing a small, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(autouse=True)
 def _restore_determinism_flag():
     """fit() switches torch's deterministic-algorithms mode on; give other test modules their setting back."""
