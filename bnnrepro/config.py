@@ -45,6 +45,8 @@ class OptimConfig:
     regularization: str = "l2"        # l2 | bin: sum over latent weights of (1 - w^2), pushes |w| -> 1
     lr_milestones: list[int] = field(default_factory=list)  # 1-based epochs at whose start lr is decayed
     lr_decay: list[float] = field(default_factory=list)     # factor applied at each milestone
+    lr_exp_decay: float = 1.0         # lr multiplied by this at the start of every epoch after the first
+    grad_clip: float = 0.0            # clip every gradient element to [-c, c] before the step (0: never)
 
 
 @dataclass(frozen=True)
@@ -75,9 +77,14 @@ class ExperimentConfig:
         """Identifies a training run: everything that changes the weights after a given epoch.
 
         train.epochs is left out: no schedule depends on the total, so a checkpoint after epoch k
-        continues any run of the same config, and a run can be extended or stopped early."""
+        continues any run of the same config, and a run can be extended or stopped early.
+        Keys added after the first runs (DIGEST_OMITS_DEFAULT) count only when they differ from
+        their default, so every config written before them keeps its digest and its checkpoints."""
         d = {k: v for k, v in self.to_dict().items() if k in ("data", "model", "optim", "train")}
         d["train"] = {k: v for k, v in d["train"].items() if k != "epochs"}
+        for section, keys in DIGEST_OMITS_DEFAULT.items():
+            defaults = {f.name: f.default for f in dataclasses.fields(SECTIONS[section])}
+            d[section] = {k: v for k, v in d[section].items() if not (k in keys and v == defaults[k])}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -121,6 +128,9 @@ def _build(cls, values: Any, where: str):
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
+
+# Keys added after runs had been checkpointed: left out of the digest while they hold their default.
+DIGEST_OMITS_DEFAULT = {"model": ("padding", "bn_scale", "last_bn_shift"), "optim": ("lr_exp_decay", "grad_clip")}
 
 
 def parse_override(text: str) -> tuple[str, Any]:

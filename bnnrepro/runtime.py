@@ -22,7 +22,8 @@ def set_deterministic(enabled: bool) -> None:
     if enabled:
         # cuBLAS needs this set before its first use to be deterministic (PyTorch reproducibility notes)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled)
+    # warn_only: an op without a deterministic CUDA kernel warns instead of stopping a long GPU run
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
     torch.backends.cudnn.deterministic = enabled
     torch.backends.cudnn.benchmark = not enabled
     torch.backends.cuda.matmul.allow_tf32 = False  # TF32 changes results between GPU generations
@@ -46,9 +47,12 @@ def device_description(device: torch.device) -> str:
 
 
 def git_commit() -> str:
+    """Short HEAD commit, with "-dirty" when tracked files differ from it."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5)
+        return (head.stdout.strip() or "unknown") + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
 

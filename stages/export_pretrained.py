@@ -54,7 +54,7 @@ def from_run(args):
     result = meta["result"]
     trained = {"epochs_trained": result["epochs"], "epochs_planned": result["epochs"],
                "best_epoch": result["best_epoch"], "best_val_top1": result["best_val_top1"],
-               "train_seconds": meta["timing"]["train_seconds"]}
+               "train_seconds": meta["timing"]["train_seconds"], "training_commit": meta["timing"]["commit"]}
     return model, cfg, history, trained
 
 
@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     p.add_argument("--out-root", type=Path, default=Path("pretrained"))
     p.add_argument("--threads", type=int, default=1, help="CPU threads the training used (recorded)")
     p.add_argument("--command", required=True, help="the training command, recorded in the metadata")
+    p.add_argument("--training-commit", help="commit the training code was loaded from (overrides what the run recorded)")
     args = p.parse_args(argv)
 
     dataset = load_dataset(args.data)
@@ -82,18 +83,20 @@ def main(argv=None) -> int:
                "packed" if binary else "latent")
     reloaded, _, _ = load_model(out)
     test = evaluate_on_test(reloaded, cfg, dataset, torch.device("cpu"))
-    budget = f"{trained['epochs_trained']} epochs (the published recipe: 500)"
+    published = load_experiment(args.config, profile="paper").train.epochs if args.config else None
+    budget = f"{trained['epochs_trained']} epochs" + (f" (the published recipe: {published})" if published else "")
     metadata = json.loads((out / "metadata.json").read_text())
     metadata.update({
         "budget": f"{budget}; best-validation checkpoint from epoch {trained['best_epoch']}; "
                   f"CPU, {args.threads} thread(s); seed {cfg.train.seed}",
-        "profile": args.profile, "seed": cfg.train.seed, **trained, "commit": git_commit(),
+        "profile": args.profile, "seed": cfg.train.seed, **trained, "training_commit": args.training_commit or trained.get("training_commit"),
+        "export_commit": git_commit(),
         "data_sha256": dataset.sha256, "training_command": args.command,
         "test_top1": round(test["top1"], 2), "test_top5": round(test["top5"], 2), "test_n": test["n"],
         "reported_top1": cfg.reported.get("top1")})
     write_text(out / "metadata.json", json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     write_text(out / "history.csv", history.to_csv(index=False, float_format="%.4f"))
-    print(f"{out}: test top-1 {test['top1']:.2f} % after the packing round trip ({metadata['budget']})")
+    print(f"{out}: test top-1 {test['top1']:.2f} % after export and reload ({metadata['budget']})")
     return 0
 
 

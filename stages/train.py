@@ -51,6 +51,7 @@ def write_skipped(args, reason: str, cfg) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    commit = git_commit()  # now: the code this process runs was loaded from this commit
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
     timing = {"device": device_description(device), "train_seconds": round(result.train_seconds, 1),
               "seconds_per_epoch": round(result.train_seconds / max(len(result.history), 1), 2),
               "resumed_from_epoch": result.resumed_from_epoch, "threads": torch.get_num_threads(),
-              "commit": git_commit(), **environment(device)}
+              "commit": commit, **environment(device)}
     save_model(result.model, args.models / args.run, cfg, input_spec, "latent", {"result": run_info, "timing": timing})
     write_json(args.reports / args.run / "metrics.json", run_info)
     # wall-clock columns stay out of reports/ so that two runs give byte-identical reports

@@ -13,8 +13,8 @@ from bnnrepro.export import load_model
 from bnnrepro.infer import evaluate_on_test
 
 PRETRAINED = sorted(p for p in (Path(__file__).resolve().parents[1] / "pretrained").iterdir() if p.is_dir())
-PROVENANCE = ("budget", "profile", "seed", "epochs_trained", "commit", "data_sha256", "training_command",
-              "test_top1", "config")
+PROVENANCE = ("budget", "profile", "seed", "epochs_trained", "export_commit", "data_sha256", "training_command",
+              "test_top1", "config", "training_commit")
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ class DatasetSource:
     name: str
     num_classes: int
     max_value: int  # largest pixel value (255 for images, 16 for scikit-learn's digits)
+    image_shape: tuple[int, int, int]  # C, H, W
     resources: tuple[Resource, ...]
     parse: Callable[[Path], Tensors]  # raw folder -> tensors
 
@@ -146,21 +147,21 @@ def _parse_digits(raw: Path) -> Tensors:
 
 
 SOURCES: dict[str, DatasetSource] = {
-    "digits": DatasetSource("digits", 10, 16, (), _parse_digits),
-    "mnist": DatasetSource("mnist", 10, 255, _torchvision_resources(tvd.MNIST), _parse_mnist_like),
-    "fashion-mnist": DatasetSource("fashion-mnist", 10, 255, _torchvision_resources(tvd.FashionMNIST),
+    "digits": DatasetSource("digits", 10, 16, (1, 8, 8), (), _parse_digits),
+    "mnist": DatasetSource("mnist", 10, 255, (1, 28, 28), _torchvision_resources(tvd.MNIST), _parse_mnist_like),
+    "fashion-mnist": DatasetSource("fashion-mnist", 10, 255, (1, 28, 28), _torchvision_resources(tvd.FashionMNIST),
                                    _parse_mnist_like),
     "cifar10": DatasetSource(
-        "cifar10", 10, 255,
+        "cifar10", 10, 255, (3, 32, 32),
         (Resource("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530", (CIFAR_URL + "cifar-10-binary.tar.gz",)),),
         _parse_cifar("cifar-10-binary.tar.gz", CIFAR10_TRAIN, CIFAR10_TEST, label_bytes=1, label_index=0)),
     "cifar100": DatasetSource(
-        "cifar100", 100, 255,
+        "cifar100", 100, 255, (3, 32, 32),
         (Resource("cifar-100-binary.tar.gz", "03b5dce01913d631647c71ecec9e9cb8", (CIFAR_URL + "cifar-100-binary.tar.gz",)),),
         # records hold (coarse, fine) label bytes; the papers use the 100 fine labels
         _parse_cifar("cifar-100-binary.tar.gz", CIFAR100_TRAIN, CIFAR100_TEST, label_bytes=2, label_index=1)),
     "tiny-imagenet": DatasetSource(
-        "tiny-imagenet", 200, 255,
+        "tiny-imagenet", 200, 255, (3, 64, 64),
         (Resource("tiny-imagenet-200.zip", "90528d7ca1a48142e341f4ef8d21d0de",
                   ("http://cs231n.stanford.edu/tiny-imagenet-200.zip",)),),
         _parse_tiny_imagenet),

@@ -100,6 +100,8 @@ def train_one_epoch(model, loader, optimizer, cfg: ExperimentConfig, epoch: int,
                                      "(lower optim.lr or check the data)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.optim.grad_clip > 0:  # element-wise, before the optimizer sees it (tf.clip_by_value in BinaryNet)
+            nn.utils.clip_grad_value_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
         if cfg.train.clip_latent > 0:
             clip_latent_weights_(model, cfg.train.clip_latent)

@@ -27,6 +27,10 @@ class ModelConfig:
     last_layer_fp: bool = False
     ternary_weights: str = ""   # one digit per weight layer, 1 = ternary weights (RWTH tern_weights); "" = none
     ternary_acts: str = ""      # one digit per quantized activation, 1 = ternary (RWTH tern_acts); "" = none
+    padding: str = "rwth"       # VGGNet7 only. rwth: valid conv1, replicate SAME conv2-6 (32 -> 3x3 before fc1);
+                                # same_zeros: every conv 3x3 SAME with zeros (Courbariaux / Anderson & Berg; 32 -> 4x4)
+    bn_scale: bool = True       # false: BatchNorm with a learned shift beta but no scale gamma (TF's scale=False)
+    last_bn_shift: bool = False # the output BatchNorm learns a shift beta (Anderson & Berg); RWTH's has neither
 
     def describe(self) -> str:
         """Short name of the method for tables: 'float' or the binarization scheme."""
@@ -65,12 +69,48 @@ def activation_layers(cfg: ModelConfig, n_acts: int) -> list[nn.Module]:
     return [QuantAct("ternary" if t else "binary", cfg.estimator, cfg.swish_beta) for t in ternary]
 
 
+class _ShiftOnly:
+    """BatchNorm with a learned shift beta and no scale gamma: normalize, then add beta.
+
+    This is tf.contrib.layers.batch_norm's default (center=True, scale=False), which the BinaryNet
+    codes of Courbariaux et al. and Anderson & Berg use: before sign() a positive scale changes
+    nothing, so beta alone sets each unit's threshold. Built as an affine=False BatchNorm plus a
+    `bias` parameter: the state dict has `bias` and the running statistics but no `weight`, and
+    F.batch_norm applies the shift (weight=None, bias=beta)."""
+
+    def __init__(self, num_features: int):
+        super().__init__(num_features, affine=False)
+        self.bias = nn.Parameter(torch.zeros(num_features))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, shift only (no scale)"
+
+
+class ShiftOnlyBatchNorm2d(_ShiftOnly, nn.BatchNorm2d):
+    pass
+
+
+class ShiftOnlyBatchNorm1d(_ShiftOnly, nn.BatchNorm1d):
+    pass
+
+
 def norm2d(cfg: ModelConfig, channels: int) -> nn.Module:
-    return nn.BatchNorm2d(channels) if cfg.batchnorm else nn.Identity()
+    if not cfg.batchnorm:
+        return nn.Identity()
+    return nn.BatchNorm2d(channels) if cfg.bn_scale else ShiftOnlyBatchNorm2d(channels)
 
 
-def norm1d(cfg: ModelConfig, features: int, affine: bool = True) -> nn.Module:
-    return nn.BatchNorm1d(features, affine=affine) if cfg.batchnorm else nn.Identity()
+def norm1d(cfg: ModelConfig, features: int) -> nn.Module:
+    if not cfg.batchnorm:
+        return nn.Identity()
+    return nn.BatchNorm1d(features) if cfg.bn_scale else ShiftOnlyBatchNorm1d(features)
+
+
+def output_norm(cfg: ModelConfig, classes: int) -> nn.Module:
+    """The BatchNorm on the logits: plain normalization (RWTH), or with a learned shift (`last_bn_shift`)."""
+    if not cfg.batchnorm:
+        return nn.Identity()
+    return ShiftOnlyBatchNorm1d(classes) if cfg.last_bn_shift else nn.BatchNorm1d(classes, affine=False)
 
 
 def conv_block(x: torch.Tensor, conv: nn.Module, bn: nn.Module, act: nn.Module, pool: nn.Module | None,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from bnnrepro.models.common import (ModelConfig, activation_layers, conv_block, norm1d, norm2d,
+from bnnrepro.models.common import (ModelConfig, activation_layers, conv_block, norm1d, norm2d, output_norm,
                                     weight_precisions, xavier_init_)
 from bnnrepro.nn.layers import QuantConv2d, QuantLinear
 
@@ -24,6 +24,8 @@ class LeNet5(nn.Module):
         super().__init__()
         if image_size != 28:
             raise ValueError(f"LeNet5 expects 28x28 images, got {image_size}x{image_size}")
+        if cfg.padding != "rwth":
+            raise ValueError(f"model.padding '{cfg.padding}' is a VGGNet7 option: LeNet5 only has 'rwth'")
         c1, c2 = int(32 * cfg.width), int(64 * cfg.width)
         p = weight_precisions(cfg, 4)
         bias = [cfg.bias or prec == "fp" for prec in p]
@@ -35,7 +37,7 @@ class LeNet5(nn.Module):
         self.fc1 = QuantLinear(c2 * 5 * 5, 512, bias=bias[2], precision=p[2])
         self.bn3 = norm1d(cfg, 512)
         self.fc2 = QuantLinear(512, num_classes, bias=bias[3], precision=p[3])
-        self.bn4 = norm1d(cfg, num_classes, affine=False)
+        self.bn4 = output_norm(cfg, num_classes)
         self.act1, self.act2, self.act3 = activation_layers(cfg, 3)
         self.pool = nn.MaxPool2d(2)
         xavier_init_(self)

@@ -7,6 +7,10 @@
     fc1 512a*9 -> 1024, fc2 1024 -> 1024, fc3 1024 -> classes -> BN(affine=False)
 
 a = width. By default every weight layer is binary, first and last included.
+
+`model.padding: same_zeros` gives the BinaryNet network of Courbariaux et al. and Anderson & Berg
+(2x128C3-MP-2x256C3-MP-2x512C3-MP-2x1024FC-10): every conv is 3x3 SAME with zero padding, so the
+maps go 32 -> 16 -> 8 -> 4 and fc1 sees 512a*16 = 8192a features.
 """
 
 from __future__ import annotations
@@ -14,12 +18,22 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from bnnrepro.models.common import (ModelConfig, activation_layers, conv_block, norm1d, norm2d,
+from bnnrepro.models.common import (ModelConfig, activation_layers, conv_block, norm1d, norm2d, output_norm,
                                     weight_precisions, xavier_init_)
 from bnnrepro.nn.layers import QuantConv2d, QuantLinear
 
 # (out channels as multiples of 128*width, pool after the conv)
 CONVS = [(1, False), (1, True), (2, False), (2, True), (4, False), (4, True)]
+PADDINGS = ("rwth", "same_zeros")
+
+
+def conv_padding(mode: str, index: int) -> int | str:
+    """Padding of the conv at 0-based `index` (QuantConv2d's `padding` argument)."""
+    if mode == "rwth":
+        return 0 if index == 0 else "same_replicate"
+    if mode == "same_zeros":
+        return 1  # 3x3 SAME with zeros
+    raise ValueError(f"model.padding must be one of {PADDINGS}, got '{mode}'")
 
 
 class VGGNet7(nn.Module):
@@ -33,28 +47,30 @@ class VGGNet7(nn.Module):
         self.order = cfg.layer_order
         self.pool = nn.MaxPool2d(2)
         self.pool_after = [pool for _, pool in CONVS]
-        channels = in_channels
-        for i, (mult, _) in enumerate(CONVS):
+        channels, size = in_channels, image_size
+        for i, (mult, pool) in enumerate(CONVS):
             out = int(128 * mult * cfg.width)
-            padding = 0 if i == 0 else "same_replicate"
+            padding = conv_padding(cfg.padding, i)
             setattr(self, f"conv{i + 1}", QuantConv2d(channels, out, 3, padding=padding, bias=bias[i], precision=p[i]))
             setattr(self, f"bn{i + 1}", norm2d(cfg, out))
             setattr(self, f"act{i + 1}", acts[i])
             channels = out
-        self.fc1 = QuantLinear(channels * 3 * 3, 1024, bias=bias[6], precision=p[6])
+            size = size - 2 if padding == 0 else size  # valid 3x3 loses a border; SAME keeps the size
+            size = size // 2 if pool else size
+        self.fc1 = QuantLinear(channels * size * size, 1024, bias=bias[6], precision=p[6])
         self.bn7 = norm1d(cfg, 1024)
         self.act7 = acts[6]
         self.fc2 = QuantLinear(1024, 1024, bias=bias[7], precision=p[7])
         self.bn8 = norm1d(cfg, 1024)
         self.act8 = acts[7]
         self.fc3 = QuantLinear(1024, num_classes, bias=bias[8], precision=p[8])
-        self.bn9 = norm1d(cfg, num_classes, affine=False)
+        self.bn9 = output_norm(cfg, num_classes)
         xavier_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, pool in enumerate(self.pool_after, start=1):
             conv, bn, act = getattr(self, f"conv{i}"), getattr(self, f"bn{i}"), getattr(self, f"act{i}")
             x = conv_block(x, conv, bn, act, self.pool if pool else None, self.order)
-        x = self.act7(self.bn7(self.fc1(x.flatten(1))))  # (B, 512a * 3 * 3) -> (B, 1024)
+        x = self.act7(self.bn7(self.fc1(x.flatten(1))))  # (B, 512a * 3 * 3) -> (B, 1024); 4 * 4 with same_zeros
         x = self.act8(self.bn8(self.fc2(x)))
         return self.bn9(self.fc3(x))

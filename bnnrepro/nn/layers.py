@@ -50,7 +50,7 @@ class QuantConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.same_replicate:
-            x = F.pad(x, _same_padding(x.shape[-2:], self.kernel_size, self.stride), mode="replicate")
+            x = replicate_pad(x, *_same_padding(x.shape[-2:], self.kernel_size, self.stride))
         return self._conv_forward(x, quantize_weight(self.weight, self.precision), self.bias)
 
     def extra_repr(self) -> str:
@@ -65,6 +65,15 @@ def _same_padding(size, kernel, stride) -> tuple[int, int, int, int]:
         pads.append((total // 2, total - total // 2))
     (top, bottom), (left, right) = pads
     return (left, right, top, bottom)
+
+
+def replicate_pad(x: torch.Tensor, left: int, right: int, top: int, bottom: int) -> torch.Tensor:
+    """Edge padding from slices and concatenation: the same values as F.pad(mode="replicate"), but its
+    backward is deterministic on CUDA too (ReplicationPad2d's backward is not)."""
+    rows = [x[..., :1, :].expand(*x.shape[:-2], top, x.shape[-1]), x, x[..., -1:, :].expand(*x.shape[:-2], bottom, x.shape[-1])]
+    x = torch.cat(rows, dim=-2)
+    cols = [x[..., :1].expand(*x.shape[:-1], left), x, x[..., -1:].expand(*x.shape[:-1], right)]
+    return torch.cat(cols, dim=-1)
 
 
 class QuantAct(nn.Module):

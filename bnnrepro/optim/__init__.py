@@ -24,6 +24,10 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer
     if len(cfg.lr_milestones) != len(cfg.lr_decay):
         raise ValueError(f"optim.lr_milestones ({cfg.lr_milestones}) and optim.lr_decay ({cfg.lr_decay}) "
                          "must have the same length")
+    if not 0 < cfg.lr_exp_decay <= 1:
+        raise ValueError(f"optim.lr_exp_decay must be in (0, 1], got {cfg.lr_exp_decay}")
+    if cfg.grad_clip < 0:
+        raise ValueError(f"optim.grad_clip must be >= 0 (0: no clipping), got {cfg.grad_clip}")
     # coupled L2 goes into the optimizer; the `bin` regularizer is added to the loss instead
     weight_decay = cfg.weight_decay if cfg.regularization == "l2" else 0.0
     if cfg.name == "sgd":
@@ -34,8 +38,11 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer
 
 
 def lr_at_epoch(cfg: OptimConfig, epoch: int) -> float:
-    """RWTH schedule: at the start of each 1-based milestone epoch, lr is multiplied by its decay."""
-    return cfg.lr * math.prod(d for m, d in zip(cfg.lr_milestones, cfg.lr_decay) if epoch >= m)
+    """lr of the 1-based `epoch`. RWTH schedule: at the start of each milestone epoch, lr is multiplied
+    by its decay. Exponential decay (BinaryNet, Anderson & Berg): times lr_exp_decay ** (epoch - 1).
+    (With the default lr_exp_decay 1.0 the product is exactly the milestone schedule.)"""
+    step = cfg.lr * math.prod(d for m, d in zip(cfg.lr_milestones, cfg.lr_decay) if epoch >= m)
+    return step * cfg.lr_exp_decay ** (epoch - 1)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -1,0 +1,76 @@
+"""Memory accounting: per-layer profile, live training state, shipped checkpoint sizes."""
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from bnnrepro.analysis.profile import profile_model, value_bits
+from bnnrepro.analysis.training_state import LATENT_METHODS, measured_state_bytes
+from bnnrepro.config import load_experiment
+from bnnrepro.models import build_model
+from bnnrepro.report.memory import checkpoint_sizes, model_table
+from bnnrepro.export import save_model
+
+CONFIGS = Path(__file__).resolve().parents[1] / "config" / "rwth"
+
+
+def lenet(name="binary_mnist", **changes):
+    cfg = load_experiment(CONFIGS / f"{name}.yml")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changes))
+    return build_model(cfg.model, 1, 10, 28), cfg
+
+
+def test_value_bits():
+    assert value_bits(torch.tensor([1.0, -1.0])) == 1
+    assert value_bits(torch.tensor([1.0, 0.0, -1.0])) == 2
+    assert value_bits(torch.tensor([1.0, 0.5])) == 32
+
+
+def test_binary_lenet5_profile():
+    model, _ = lenet()
+    layers = {p.name: p for p in profile_model(model, (1, 28, 28))}
+    assert sum(p.params_1bit for p in layers.values()) == 876_320
+    # conv1 sees the real-valued image: its MACs are not binary, every later weight layer's are
+    assert layers["conv1"].input_bits == 32 and layers["conv1"].macs_binary == 0
+    assert layers["conv1"].macs_fp == 28 * 28 * 32 * 25
+    assert layers["conv2"].input_bits == 1 and layers["conv2"].macs_binary == 10 * 10 * 64 * 32 * 25
+    assert layers["fc2"].macs_binary == 512 * 10
+    # bn4 has no affine parameters, only running mean and var (num_batches_tracked is not counted)
+    assert layers["bn4"].params_32bit == 20
+    bn = sum(p.params_32bit for p in layers.values())
+    assert sum(p.bits for p in layers.values()) == 876_320 + 32 * bn
+
+
+def test_float_and_ternary_profiles():
+    model, _ = lenet("ref_mnist")
+    assert all(p.params_1bit == 0 and p.macs_binary == 0 for p in profile_model(model, (1, 28, 28)))
+    model, _ = lenet(ternary_weights="0100")
+    conv2 = {p.name: p for p in profile_model(model, (1, 28, 28))}["conv2"]
+    assert conv2.weight_bits == 2 and conv2.params_2bit == 51_200 and conv2.macs_binary == 0
+
+
+def test_model_table_total_and_ratio():
+    _, cfg = lenet()
+    table = model_table("binary_mnist", cfg)
+    total = table[table["layer"] == "total"].iloc[0]
+    assert total["params_1bit"] == 876_320
+    assert total["ratio"] == total["kib_at_fp32"] / total["kib_at_real_precision"] > 20
+
+
+def test_live_training_state_matches_formulas():
+    for method, (optim_cfg, buffers) in LATENT_METHODS.items():
+        model, _ = lenet()
+        state = measured_state_bytes(model, optim_cfg, (1, 28, 28))
+        binary_weights = 876_320
+        # latent fp32 weight + fp32 buffers; Adam also keeps a scalar step per tensor (4 tensors)
+        extra = 4 * 4 if "Adam" in method else 0
+        assert state["binary"] == 4 * binary_weights * (1 + buffers) + extra, method
+
+
+def test_checkpoint_sizes_are_measured(tmp_path):
+    model, cfg = lenet()
+    save_model(model, tmp_path / "m", cfg, {"channels": 1, "image_size": 28, "num_classes": 10}, fmt="packed")
+    sizes = checkpoint_sizes(tmp_path).iloc[0]
+    assert sizes["shipped_bytes"] == (tmp_path / "m" / "model.safetensors").stat().st_size
+    assert sizes["ratio"] > 20
