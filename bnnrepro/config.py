@@ -172,8 +172,46 @@ def load_experiment(path: str | os.PathLike, overrides: dict[str, Any] | None = 
         raw = apply_overrides(raw, profile_overrides, f"{path} (profile {profile})")
     raw = apply_overrides(raw, overrides or {}, f"{path} (command line)")
     sections = {name: _build(cls, raw.get(name), f"{path}: {name}") for name, cls in SECTIONS.items()}
+    _check_values(sections, path)
     top = {k: raw[k] for k in ("paper", "description", "reported", "profiles") if k in raw}
     return _build(ExperimentConfig, {"name": path.stem, **top, **sections}, str(path))
+
+
+def allowed_values() -> dict[str, tuple]:
+    """The names a config may use, taken from the registries themselves (imported here, not at the
+    top, because those modules import this one)."""
+    from bnnrepro.data.sources import SOURCES
+    from bnnrepro.engine.losses import LOSSES
+    from bnnrepro.models import MODELS
+    from bnnrepro.nn.quantizers import ESTIMATORS
+    from bnnrepro.optim import OPTIMIZERS, REGULARIZATIONS
+
+    return {"data.dataset": tuple(sorted(SOURCES)), "data.pad_mode": ("constant", "replicate"),
+            "model.arch": tuple(sorted(MODELS)), "model.weights": ("fp", "binary"),
+            "model.activations": ("relu", "binary"), "model.estimator": ESTIMATORS,
+            "model.layer_order": ("CBAP", "CPBA"), "model.padding": ("rwth", "same_zeros"),
+            "optim.name": OPTIMIZERS, "optim.regularization": REGULARIZATIONS, "train.loss": LOSSES}
+
+
+POSITIVE = ("data.batch_size", "data.eval_batch_size", "optim.lr", "train.epochs", "model.width")
+NON_NEGATIVE = ("data.val_size", "data.crop_padding", "optim.momentum", "optim.weight_decay", "train.clip_latent")
+
+
+def _check_values(sections: dict[str, Any], path: Path) -> None:
+    """Names must be registered and sizes in range; the error names the file, the key and what is allowed."""
+    def value(key):
+        section, name = key.split(".")
+        return getattr(sections[section], name)
+
+    for key, allowed in allowed_values().items():
+        if value(key) not in allowed:
+            raise ConfigError(f"{path}: {key} = {value(key)!r} is not one of {list(allowed)}")
+    for key in POSITIVE:
+        if not value(key) > 0:
+            raise ConfigError(f"{path}: {key} must be > 0, got {value(key)!r}")
+    for key in NON_NEGATIVE:
+        if value(key) < 0:
+            raise ConfigError(f"{path}: {key} must be >= 0, got {value(key)!r}")
 
 
 def skip_reason(config_path: str | os.PathLike, profile: str) -> str | None:

@@ -172,3 +172,20 @@ def test_digest_leaves_out_epochs():
     base = load_experiment(MNIST).digest()
     assert load_experiment(MNIST, {"train.epochs": 3}).digest() == base
     assert load_experiment(MNIST, profile="quick").digest() == base
+
+
+@pytest.mark.parametrize("key, value", [("model.arch", "resnet1000"), ("data.dataset", "imagenet-22k"),
+                                        ("optim.name", "lion"), ("train.loss", "hinge"), ("model.estimator", "ste"),
+                                        ("model.layer_order", "PBAC")])
+def test_unknown_names_list_the_allowed_values(key, value):
+    with pytest.raises(ConfigError) as e:
+        load_experiment(MNIST, {key: value})
+    assert "binary_mnist.yml" in str(e.value) and key in str(e.value) and repr(value) in str(e.value)
+    assert "not one of" in str(e.value)
+
+
+@pytest.mark.parametrize("key, value", [("data.batch_size", 0), ("optim.lr", -0.1), ("train.epochs", 0),
+                                        ("data.val_size", -5), ("optim.momentum", -0.9)])
+def test_out_of_range_values(key, value):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_experiment(MNIST, {key: value})

@@ -89,9 +89,12 @@ def load_dataset(folder: str | os.PathLike) -> Dataset:
     if not path.is_file():
         raise FileNotFoundError(f"Prepared dataset '{path}' not found. Build it with `dvc repro data@{folder.name}` "
                                 f"or `python stages/prepare_data.py {folder.name}`.")
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads(f.metadata()[META_KEY])
-    tensors = load_file(str(path))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()[META_KEY])
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors reports damage as SafetensorError, a missing key as KeyError/TypeError
+        raise RuntimeError(f"Cannot read prepared dataset '{path}': {e}. Delete it and rebuild it with "
+                           f"`dvc repro data@{folder.name}`.") from e
     return Dataset(name=meta["name"], num_classes=meta["num_classes"], max_value=meta["max_value"],
                    sha256=file_digest(path, "sha256"), **{k: tensors[k] for k in SPLIT_KEYS})

@@ -1,0 +1,61 @@
+"""A training process killed with SIGKILL and started again by the same command ends byte-identical
+to an uninterrupted run, and no half-written file is left where a later run would trust it."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from bnnrepro.data.prepared import write_prepared
+
+
+def tiny_mnist(folder):
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (700,), generator=g)
+    images = (torch.rand(700, 1, 28, 28, generator=g) * 60).to(torch.uint8)
+    images[torch.arange(700), 0, labels * 2, :] = 255  # a learnable stripe per class
+    write_prepared("mnist", {"train_images": images[:600], "train_labels": labels[:600],
+                             "test_images": images[600:], "test_labels": labels[600:]}, folder)
+
+
+def train_command(repo_root, data, out):
+    return [sys.executable, "stages/train.py", "run", "--config", "config/rwth/binary_mnist.yml", "--data", str(data),
+            "--profile", "paper", "--threads", "1", "--models", str(out / "models"), "--reports", str(out / "reports"),
+            "--checkpoints", str(out / "checkpoints"), "-o", "train.epochs=6", "-o", "data.val_size=100",
+            "-o", "data.eval_batch_size=100"]
+
+
+def outputs(out):
+    files = ["models/run/model.safetensors", "reports/run/metrics.json", "reports/run/history.csv"]
+    return {f: (out / f).read_bytes() for f in files}
+
+
+def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path, repo_root):
+    tiny_mnist(tmp_path / "data")
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    reference = tmp_path / "reference"
+    subprocess.run(train_command(repo_root, tmp_path / "data", reference), cwd=repo_root, env=env, check=True,
+                   capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(train_command(repo_root, tmp_path / "data", killed), cwd=repo_root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = killed / "checkpoints" / "run"
+    deadline = time.time() + 120
+    while not (checkpoints.is_dir() and any(checkpoints.glob("*.pt"))) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.Random(os.getpid()).uniform(0.0, 0.5))  # somewhere inside a later epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "models" / "run" / "model.safetensors").exists(), "killed before finishing"
+    leftovers = [p.name for p in checkpoints.iterdir() if not p.name.endswith(".pt")]
+    assert leftovers == [] or all(name.endswith(".tmp") for name in leftovers)  # temp files are never read
+
+    subprocess.run(train_command(repo_root, tmp_path / "data", killed), cwd=repo_root, env=env, check=True,
+                   capture_output=True)
+    assert outputs(killed) == outputs(reference)
+    assert not any(checkpoints.glob("*.pt")), "a finished run removes its checkpoint"
