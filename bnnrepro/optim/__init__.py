@@ -2,7 +2,9 @@
 
 Latent weights are ordinary parameters here: torch's SGD and Adam update them with the STE
 gradient, and the training loop clips them afterwards. Methods with their own update rule
-(Bop, SGDAT, flip optimizers) live in sibling modules in the style of torch.optim.
+(Bop and Bop2ndOrder in bop.py, SGDAT in sgdat.py, later the flip optimizers) live in sibling
+modules in the style of torch.optim. They are tested against hand-computed steps but not yet wired
+into configs: that needs the binary / full-precision parameter split of the SGDAT paper (issue 4).
 """
 
 from __future__ import annotations
