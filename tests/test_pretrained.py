@@ -2,7 +2,6 @@
 what evaluating them on the MNIST test set gives (no number is typed by hand)."""
 
 import io
-import json
 from pathlib import Path
 
 import pytest

@@ -17,12 +17,13 @@ rebuilds its optimizers each epoch) is the caller's choice: `reset_epoch_state()
 from __future__ import annotations
 
 import torch
-from torch.optim import Optimizer
+
+from bnnrepro.optim.base import PerParameterOptimizer
 
 from bnnrepro.nn.quantizers import sign
 
 
-class SGDAT(Optimizer):
+class SGDAT(PerParameterOptimizer):
     def __init__(self, params, lr: float = 1e-4, threshold: float = 1e-6, momentum: float = 0.0,
                  dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
         if lr <= 0 or threshold < 0 or momentum < 0 or weight_decay < 0:
@@ -33,32 +34,21 @@ class SGDAT(Optimizer):
         super().__init__(params, {"lr": lr, "threshold": threshold, "momentum": momentum, "dampening": dampening,
                                   "nesterov": nesterov, "weight_decay": weight_decay})
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["m"] = torch.zeros_like(p)
-                    state["flip_count"] = torch.zeros_like(p)  # float: survives load_state_dict's dtype cast
-                g = p.grad
-                d = g + group["weight_decay"] * p if group["weight_decay"] else g
-                if group["momentum"]:
-                    u = state.setdefault("momentum_buffer", torch.zeros_like(p))
-                    u.mul_(group["momentum"]).add_(g, alpha=1 - group["dampening"])
-                    d = d + group["momentum"] * u if group["nesterov"] else u
-                m, k = state["m"], state["flip_count"]
-                m.add_(d, alpha=-group["lr"])
-                new = torch.where(m.abs() > group["threshold"] * k, sign(m), p)
-                k.add_((new != p).to(k.dtype))
-                p.copy_(new)
-        return loss
+    def update(self, p, state, group):
+        if not state:
+            state["m"] = torch.zeros_like(p)
+            state["flip_count"] = torch.zeros_like(p)  # float: survives load_state_dict's dtype cast
+        g = p.grad
+        d = g + group["weight_decay"] * p if group["weight_decay"] else g
+        if group["momentum"]:
+            u = state.setdefault("momentum_buffer", torch.zeros_like(p))
+            u.mul_(group["momentum"]).add_(g, alpha=1 - group["dampening"])
+            d = d + group["momentum"] * u if group["nesterov"] else u
+        m, k = state["m"], state["flip_count"]
+        m.add_(d, alpha=-group["lr"])
+        new = torch.where(m.abs() > group["threshold"] * k, sign(m), p)
+        k.add_((new != p).to(k.dtype))
+        p.copy_(new)
 
     def reset_epoch_state(self) -> None:
         """Forget flip counts and momentum, keep the accumulators (the public code's per-epoch rebuild)."""
