@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from bnnrepro.optim.base import PerParameterOptimizer
-
 from bnnrepro.nn.quantizers import sign
+from bnnrepro.optim.base import PerParameterOptimizer
 
 
 class SGDAT(PerParameterOptimizer):
