@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/data_loading.py [--data data/prepared/mnist] [--mirror ../shared/mirror]
 
-Prints the load time and peak resident memory of the prepared file, and the batches/s of
+Prints the load time and resident memory of the prepared file, and the batches/s of
 (a) bnnrepro's BatchLoader over in-memory uint8 tensors and (b) torchvision's MNIST dataset with
 per-sample ToTensor in a DataLoader, over the same 60,000 images, batch 50, shuffled; and their ratio.
 """
@@ -20,6 +20,12 @@ from torchvision import datasets, transforms
 
 from bnnrepro.data.batches import Augment, BatchLoader
 from bnnrepro.data.prepared import load_dataset
+
+
+def rss_mib() -> float:
+    """Resident memory of this process now (Linux /proc), in MiB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def peak_rss_mib() -> float:
@@ -42,12 +48,13 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=600)
     args = p.parse_args()
 
-    rss0 = peak_rss_mib()
+    rss0, peak0 = rss_mib(), peak_rss_mib()
     tic = time.perf_counter()
     data = load_dataset(args.data)
     load_s = time.perf_counter() - tic
-    print(f"load prepared MNIST: {load_s:.3f} s, peak RSS +{peak_rss_mib() - rss0:.0f} MiB "
-          f"({data.train_images.numel() + data.test_images.numel():,} uint8 pixels)")
+    print(f"load prepared MNIST: {load_s:.3f} s; resident memory +{rss_mib() - rss0:.0f} MiB, process peak "
+          f"{peak0:.0f} -> {peak_rss_mib():.0f} MiB ({data.train_images.numel() + data.test_images.numel():,} "
+          "uint8 pixels = 52 MiB)")
 
     ours = BatchLoader(data.train_images, data.train_labels, 50, max_value=255, shuffle=True, seed=0)
     ours_aug = BatchLoader(data.train_images, data.train_labels, 50, max_value=255, shuffle=True, seed=0,

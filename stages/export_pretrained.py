@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("-o", "--override", action="append", default=[])
     p.add_argument("--data", type=Path, default=Path("data/prepared/mnist"))
     p.add_argument("--out-root", type=Path, default=Path("pretrained"))
-    p.add_argument("--threads", type=int, default=1, help="CPU threads the training used (recorded)")
+    p.add_argument("--threads", default="1", help="CPU threads the training used, as text (recorded)")
     p.add_argument("--command", required=True, help="the training command, recorded in the metadata")
     p.add_argument("--training-commit", help="commit the training code was loaded from (overrides what the run recorded)")
     args = p.parse_args(argv)
