@@ -93,7 +93,7 @@ def main(argv=None) -> int:
         "export_commit": git_commit(),
         "data_sha256": dataset.sha256, "training_command": args.command,
         "test_top1": round(test["top1"], 2), "test_top5": round(test["top5"], 2), "test_n": test["n"],
-        "reported_top1": cfg.reported.get("top1")})
+        "reported_top1": cfg.reported.get("top1"), "published_epochs": published})
     write_text(out / "metadata.json", json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     write_text(out / "history.csv", history.to_csv(index=False, float_format="%.4f"))
     print(f"{out}: test top-1 {test['top1']:.2f} % after export and reload ({metadata['budget']})")

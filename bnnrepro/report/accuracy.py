@@ -54,7 +54,7 @@ def pretrained_row(name: str, metadata: dict[str, Any], result: dict[str, Any]) 
             "reproduced_top1": top1, "difference": round(top1 - reported, 2) if reported is not None else None,
             "reproduced_top5": result.get("top5"), "profile": f"shipped ({metadata['profile']} recipe)",
             "epochs": metadata["epochs_trained"], "seed": metadata["seed"], "device": "cpu",
-            "status": status(reported, top1, f"{metadata['epochs_trained']} of 500 epochs")}
+            "status": status(reported, top1, f"{metadata['epochs_trained']} of {metadata['published_epochs']} epochs")}
 
 
 def collect(runs_dir: Path, pretrained_dir: Path, pretrained_results: Path) -> pd.DataFrame:
