@@ -33,12 +33,19 @@ class DataConfig:
     crop_padding: int = 0             # random crop after padding by this many pixels (training batches)
     pad_mode: str = "constant"        # constant (zeros) | replicate (edge)
     augment_val: bool = False         # RWTH validates on augmented images (spec C.4)
+    resize: int = 0                   # resize every image to resize x resize first, bilinear (BinSFO: MNIST
+                                      # at 64 x 64); 0: native size
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: str                         # sgd | adam
-    lr: float
+    """One optimizer and its learning-rate schedule. `optim` is the regime of the quantized (binary or
+    ternary) weights, and of every parameter when there is no `optim_fp`; `optim_fp` is the regime of
+    the full-precision parameters (BatchNorm, biases, full-precision first/last layers), as the
+    SGDAT code's bin_regime / fp_regime."""
+
+    name: str                         # a key of bnnrepro.optim.OPTIMIZERS: sgd | adam | bop | bop2ndorder | sgdat | ...
+    lr: float                         # step size; Bop's gamma; the flip optimizer's temperature scale
     momentum: float = 0.0             # sgd only
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam only
     weight_decay: float = 0.0         # L2 coefficient (coupled, in the optimizer) or of the `bin` regularizer
@@ -47,6 +54,13 @@ class OptimConfig:
     lr_decay: list[float] = field(default_factory=list)     # factor applied at each milestone
     lr_exp_decay: float = 1.0         # lr multiplied by this at the start of every epoch after the first
     grad_clip: float = 0.0            # clip every gradient element to [-c, c] before the step (0: never)
+    args: dict[str, Any] = field(default_factory=dict)  # the optimizer's own keyword arguments (e.g. Bop's
+                                      # threshold), checked against its constructor
+    reset_each_epoch: bool = False    # forget the optimizer state at every epoch start: the SGDAT / BinaryNet
+                                      # codes rebuild their optimizers each epoch (spec C.14)
+    lr_cosine_epochs: int = 0         # cosine annealing to 0 over this many epochs, stepped at each epoch start
+                                      # as BinSFO's CosineAnnealingLR (0: off)
+    lr_batch_reference: int = 0       # lr *= sqrt(batch_size / reference): BinSFO's rule with reference 96 (0: off)
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,10 @@ class TrainConfig:
     loss: str = "cross_entropy"       # cross_entropy | squared_hinge
     clip_latent: float = 1.0          # clip latent weights to [-c, c] after each step (0: never)
     deterministic: bool = True        # deterministic kernels (cuDNN/cuBLAS) on GPU
+    pack_weights: bool = False        # binary-weight optimizers: keep the weights as sign bits (8 per byte)
+                                      # between steps, float +-1 only during forward/backward/step
+    latent_init: str = "model"        # model: the layers' own init | zero: every latent weight starts at 0, as
+                                      # the SGDAT code (spec C.13; the first forward then uses sign(0) = +1)
 
 
 @dataclass(frozen=True)
@@ -67,11 +85,19 @@ class ExperimentConfig:
     model: ModelConfig
     optim: OptimConfig
     train: TrainConfig
+    optim_fp: OptimConfig | None = None  # full-precision parameters' regime; None: `optim` trains everything
+    recipe: str = ""                  # label of the optimizer recipe applied (load_experiment's `recipe`)
     reported: dict[str, float] = field(default_factory=dict)  # the paper's numbers: top1 (%), top5 (%)
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-profile overrides; `skip: reason`
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def describe_optimizer(self) -> str:
+        """Short name for tables: the recipe's label, else e.g. 'sgd' or 'bop + adam (fp)'."""
+        if self.recipe:
+            return self.recipe
+        return self.optim.name + (f" + {self.optim_fp.name} (fp)" if self.optim_fp else "")
 
     def digest(self) -> str:
         """Identifies a training run: everything that changes the weights after a given epoch.
@@ -80,11 +106,15 @@ class ExperimentConfig:
         continues any run of the same config, and a run can be extended or stopped early.
         Keys added after the first runs (DIGEST_OMITS_DEFAULT) count only when they differ from
         their default, so every config written before them keeps its digest and its checkpoints."""
-        d = {k: v for k, v in self.to_dict().items() if k in ("data", "model", "optim", "train")}
+        d = {k: v for k, v in self.to_dict().items() if k in ("data", "model", "optim", "train", "optim_fp")}
+        if d["optim_fp"] is None:
+            del d["optim_fp"]
         d["train"] = {k: v for k, v in d["train"].items() if k != "epochs"}
         for section, keys in DIGEST_OMITS_DEFAULT.items():
-            defaults = {f.name: f.default for f in dataclasses.fields(SECTIONS[section])}
-            d[section] = {k: v for k, v in d[section].items() if not (k in keys and v == defaults[k])}
+            defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+                        for f in dataclasses.fields(SECTIONS[section]) if f.name in keys}
+            for name in (s for s in (section, f"{section}_fp") if d.get(s) is not None):
+                d[name] = {k: v for k, v in d[name].items() if not (k in keys and v == defaults[k])}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -130,7 +160,12 @@ def _build(cls, values: Any, where: str):
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
 
 # Keys added after runs had been checkpointed: left out of the digest while they hold their default.
-DIGEST_OMITS_DEFAULT = {"model": ("padding", "bn_scale", "last_bn_shift"), "optim": ("lr_exp_decay", "grad_clip")}
+DIGEST_OMITS_DEFAULT = {"data": ("resize",),
+                        "model": ("padding", "bn_scale", "last_bn_shift", "depth", "hidden", "bn_affine", "bn_out"),
+                        "optim": ("lr_exp_decay", "grad_clip", "args", "reset_each_epoch", "lr_cosine_epochs",
+                                  "lr_batch_reference"),
+                        "train": ("latent_init", "pack_weights")}
+OPTIONAL_SECTIONS = {"optim_fp": OptimConfig}
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -144,16 +179,20 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str)
     raw = json.loads(json.dumps(raw))  # deep copy of plain YAML data
     for key, value in overrides.items():
         section, _, name = key.partition(".")
-        if section not in SECTIONS or not name:
-            raise ConfigError(f"{source}: cannot override '{key}': use section.key with section in {sorted(SECTIONS)}")
-        raw.setdefault(section, {})[name] = value
+        if section not in {**SECTIONS, **OPTIONAL_SECTIONS} or not name:
+            raise ConfigError(f"{source}: cannot override '{key}': use section.key with section in "
+                              f"{sorted({**SECTIONS, **OPTIONAL_SECTIONS})}")
+        target = raw.setdefault(section, {})
+        *parents, leaf = name.split(".")  # section.key, or deeper into a mapping: optim.args.mask
+        for part in parents:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{source}: cannot override '{key}': '{part}' is not a mapping")
+        target[leaf] = value
     return raw
 
 
-def load_experiment(path: str | os.PathLike, overrides: dict[str, Any] | None = None,
-                    profile: str | None = None) -> ExperimentConfig:
-    """Load and validate `path`; apply the profile's overrides, then the explicit ones."""
-    path = Path(path)
+def _read_yaml_mapping(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -162,18 +201,54 @@ def load_experiment(path: str | os.PathLike, overrides: dict[str, Any] | None = 
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    known = {f.name for f in dataclasses.fields(ExperimentConfig)} - {"name"}
+    return raw
+
+
+RECIPE_KEYS = ("label", "overrides", "reported")
+
+
+def load_recipe(spec: str) -> dict[str, Any]:
+    """A named optimizer recipe, "FILE:NAME": a label, config overrides and the paper's numbers per
+    dataset. One file holds a paper's recipes, so a grid (recipes x datasets) needs no copied configs."""
+    file, _, name = spec.rpartition(":")
+    if not file or not name:
+        raise ConfigError(f"recipe '{spec}' must look like FILE:NAME")
+    recipes = _read_yaml_mapping(Path(file))
+    if name not in recipes:
+        raise ConfigError(f"{file}: no recipe '{name}'. Recipes: {sorted(recipes)}")
+    recipe = recipes[name]
+    unknown = sorted(set(recipe) - set(RECIPE_KEYS)) if isinstance(recipe, dict) else ["(not a mapping)"]
+    if unknown:
+        raise ConfigError(f"{file}: recipe '{name}': unknown key(s) {unknown}. Valid keys: {list(RECIPE_KEYS)}")
+    return {"label": name, "overrides": {}, "reported": {}, **recipe}
+
+
+def load_experiment(path: str | os.PathLike, overrides: dict[str, Any] | None = None,
+                    profile: str | None = None, recipe: str | None = None) -> ExperimentConfig:
+    """Load and validate `path`; apply the recipe (FILE:NAME, see load_recipe), the profile's
+    overrides, then the explicit ones."""
+    path = Path(path)
+    raw = _read_yaml_mapping(path)
+    known = {f.name for f in dataclasses.fields(ExperimentConfig)} - {"name", "recipe"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {unknown}. Valid keys: {sorted(known)}")
+    if recipe is not None:
+        chosen = load_recipe(recipe)
+        raw = apply_overrides(raw, chosen["overrides"], f"{path} (recipe {recipe})")
+        raw["recipe"] = str(chosen["label"])
     if profile is not None:
         profile_overrides = dict(raw.get("profiles", {}).get(profile) or {})
         profile_overrides.pop("skip", None)
         raw = apply_overrides(raw, profile_overrides, f"{path} (profile {profile})")
     raw = apply_overrides(raw, overrides or {}, f"{path} (command line)")
     sections = {name: _build(cls, raw.get(name), f"{path}: {name}") for name, cls in SECTIONS.items()}
+    sections.update({name: _build(cls, raw[name], f"{path}: {name}")
+                     for name, cls in OPTIONAL_SECTIONS.items() if raw.get(name) is not None})
     _check_values(sections, path)
-    top = {k: raw[k] for k in ("paper", "description", "reported", "profiles") if k in raw}
+    if recipe is not None:  # the paper's numbers for this recipe on this dataset (none: our own experiment)
+        raw["reported"] = chosen["reported"].get(sections["data"].dataset, {})
+    top = {k: raw[k] for k in ("paper", "description", "reported", "profiles", "recipe") if k in raw}
     return _build(ExperimentConfig, {"name": path.stem, **top, **sections}, str(path))
 
 
@@ -190,28 +265,40 @@ def allowed_values() -> dict[str, tuple]:
             "model.arch": tuple(sorted(MODELS)), "model.weights": ("fp", "binary"),
             "model.activations": ("relu", "binary"), "model.estimator": ESTIMATORS,
             "model.layer_order": ("CBAP", "CPBA"), "model.padding": ("rwth", "same_zeros"),
-            "optim.name": OPTIMIZERS, "optim.regularization": REGULARIZATIONS, "train.loss": LOSSES}
+            "optim.name": tuple(OPTIMIZERS), "optim.regularization": REGULARIZATIONS, "train.loss": LOSSES,
+            "train.latent_init": ("model", "zero")}
 
 
 POSITIVE = ("data.batch_size", "data.eval_batch_size", "optim.lr", "train.epochs", "model.width")
-NON_NEGATIVE = ("data.val_size", "data.crop_padding", "optim.momentum", "optim.weight_decay", "train.clip_latent")
+NON_NEGATIVE = ("data.val_size", "data.crop_padding", "data.resize", "optim.momentum", "optim.weight_decay", "train.clip_latent",
+                "optim.lr_cosine_epochs", "optim.lr_batch_reference")
 
 
 def _check_values(sections: dict[str, Any], path: Path) -> None:
     """Names must be registered and sizes in range; the error names the file, the key and what is allowed."""
-    def value(key):
-        section, name = key.split(".")
-        return getattr(sections[section], name)
+    from bnnrepro.optim import check_optimizer_args
 
-    for key, allowed in allowed_values().items():
-        if value(key) not in allowed:
-            raise ConfigError(f"{path}: {key} = {value(key)!r} is not one of {list(allowed)}")
-    for key in POSITIVE:
-        if not value(key) > 0:
-            raise ConfigError(f"{path}: {key} must be > 0, got {value(key)!r}")
-    for key in NON_NEGATIVE:
-        if value(key) < 0:
-            raise ConfigError(f"{path}: {key} must be >= 0, got {value(key)!r}")
+    # optim_fp takes the same checks as optim
+    checks = [(key, key) for key in (*allowed_values(), *POSITIVE, *NON_NEGATIVE)]
+    checks += [(key.replace("optim.", "optim_fp.", 1), key) for key, _ in checks if key.startswith("optim.")]
+    allowed = allowed_values()
+    for shown, rule in checks:
+        section, name = shown.split(".")
+        if section not in sections:
+            continue
+        value = getattr(sections[section], name)
+        if rule in allowed and value not in allowed[rule]:
+            raise ConfigError(f"{path}: {shown} = {value!r} is not one of {list(allowed[rule])}")
+        if rule in POSITIVE and not value > 0:
+            raise ConfigError(f"{path}: {shown} must be > 0, got {value!r}")
+        if rule in NON_NEGATIVE and value < 0:
+            raise ConfigError(f"{path}: {shown} must be >= 0, got {value!r}")
+    for section in ("optim", "optim_fp"):
+        if section in sections:
+            try:
+                check_optimizer_args(sections[section])
+            except ValueError as e:
+                raise ConfigError(f"{path}: {section}: {e}") from None
 
 
 def skip_reason(config_path: str | os.PathLike, profile: str) -> str | None:

@@ -10,6 +10,7 @@ import pandas as pd
 
 from bnnrepro.config import load_experiment
 from bnnrepro.io import write_text
+from bnnrepro.report.plots import plot_training_state
 from bnnrepro.report.memory import checkpoint_sizes, model_table, to_markdown, training_state_table
 
 
@@ -28,6 +29,7 @@ def main(argv=None) -> int:
     write_text(args.out / "memory.csv", models.to_csv(index=False, float_format="%.4f"))
     write_text(args.out / "memory_training_state.csv", states.to_csv(index=False, float_format="%.4f"))
     write_text(args.out / "memory.md", to_markdown(models, sizes, states))
+    plot_training_state(states, args.out / "memory_training_state.png")
     print(sizes.to_string(index=False))
     return 0
 

@@ -7,8 +7,11 @@ import sys
 from pathlib import Path
 
 from bnnrepro.io import write_text
+import yaml
+
+from bnnrepro.report import comparison
 from bnnrepro.report.accuracy import collect, to_markdown
-from bnnrepro.report.plots import plot_runs, plot_rwth_curves
+from bnnrepro.report.plots import plot_reproduced_vs_reported, plot_runs, plot_rwth_curves
 
 
 def main(argv=None) -> int:
@@ -17,6 +20,8 @@ def main(argv=None) -> int:
     p.add_argument("--pretrained", type=Path, default=Path("pretrained"))
     p.add_argument("--pretrained-results", type=Path, default=Path("reports/pretrained"))
     p.add_argument("--reference", type=Path, default=Path("reference"))
+    p.add_argument("--recipes", type=Path, default=Path("config/sgdat/optimizers.yml"),
+                   help="recipe file: its order is the comparison table's row order")
     p.add_argument("--out", type=Path, default=Path("reports"))
     args = p.parse_args(argv)
 
@@ -25,6 +30,17 @@ def main(argv=None) -> int:
     write_text(args.out / "accuracy.md", to_markdown(table))
     plot_rwth_curves(args.pretrained, args.reference, args.out / "plots" / "rwth_curves.png")
     plot_runs(args.runs, args.out / "plots" / "runs.png")
+    plot_reproduced_vs_reported(table, args.out / "plots" / "reproduced_vs_reported.png")
+
+    labels = [r.get("label", name) for name, r in yaml.safe_load(args.recipes.read_text()).items()]
+    compare = comparison.comparison_table(args.runs, labels)
+    bws = comparison.bws_table(args.runs)
+    binsfo = comparison.method_table(args.runs, "binsfo_")
+    write_text(args.out / "comparison.csv", compare.to_csv(index=False))
+    write_text(args.out / "bws_digits.csv", bws.to_csv(index=False))
+    write_text(args.out / "binsfo_mnist.csv", binsfo.to_csv(index=False))
+    write_text(args.out / "comparison.md", comparison.to_markdown(compare, bws, binsfo))
+    comparison.plot_comparison(compare, args.out / "plots" / "comparison.png")
     print(to_markdown(table))
     return 0
 

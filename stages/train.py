@@ -1,10 +1,11 @@
 """DVC stage train@<run>: train one experiment config and write its model and reports.
 
     python stages/train.py RUN --config config/rwth/binary_mnist.yml --data data/prepared/mnist \
-        --profile quick --device auto [-o train.epochs=3 ...]
+        --profile quick --device auto [--recipe config/sgdat/optimizers.yml:sgdm] [-o train.epochs=3 ...]
 
 Writes models/RUN/ (latent weights + metadata) and reports/runs/RUN/{metrics.json,history.csv}.
-A killed run resumes from checkpoints/RUN/ when the same command is run again.
+A killed run resumes from checkpoints/RUN/ when the same command is run again. Under
+`torchrun --nproc_per_node=N stages/train.py ...` it trains data-parallel on N processes.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import torch
 
 from bnnrepro.config import load_experiment, parse_override, skip_reason
 from bnnrepro.data.prepared import load_dataset
+from bnnrepro.engine.distributed import init_from_env
 from bnnrepro.engine.train import fit
 from bnnrepro.export import save_model
 from bnnrepro.io import write_json, write_text
+from bnnrepro.nn.layers import quantized_layers
 from bnnrepro.runtime import device_description, environment, git_commit, resolve_device
 
 
@@ -36,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--models", type=Path, default=Path("models"))
     p.add_argument("--reports", type=Path, default=Path("reports/runs"))
     p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))
+    p.add_argument("--recipe", help="optimizer recipe FILE:NAME applied to the config (e.g. "
+                   "config/sgdat/optimizers.yml:sgdm)")
     p.add_argument("-o", "--override", action="append", default=[], help="section.key=value (repeatable)")
     return p.parse_args(argv)
 
@@ -45,7 +50,7 @@ def write_skipped(args, reason: str, cfg) -> None:
     write_json(args.reports / args.run / "metrics.json",
                {"run": args.run, "paper": cfg.paper, "status": "skipped", "reason": reason, "profile": args.profile,
                 "reported": cfg.reported, "dataset": cfg.data.dataset, "model": cfg.model.arch,
-                "method": cfg.model.describe()})
+                "method": cfg.model.describe(), "optimizer": cfg.describe_optimizer()})
     write_text(args.reports / args.run / "history.csv", "epoch,val_top1\n")
 
 
@@ -56,21 +61,24 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = dict(parse_override(o) for o in args.override)
-    cfg = load_experiment(args.config, overrides, profile=args.profile)
+    cfg = load_experiment(args.config, overrides, profile=args.profile, recipe=args.recipe)
     reason = skip_reason(args.config, args.profile)
     if reason:
         write_skipped(args, reason, cfg)
         return 0
-    device = resolve_device(args.device)
+    ranks, device = init_from_env(resolve_device(args.device))  # several ranks under torchrun
     dataset = load_dataset(args.data)
-    result = fit(cfg, dataset, device, args.checkpoints / args.run / f"{cfg.digest()}.pt")
+    result = fit(cfg, dataset, device, args.checkpoints / args.run / f"{cfg.digest()}.pt", ranks=ranks)
+    if not ranks.is_main:
+        return 0  # rank 0 writes the results
 
     c, h, _ = dataset.image_shape
-    input_spec = {"channels": c, "image_size": h, "num_classes": dataset.num_classes}
+    input_spec = {"channels": c, "image_size": cfg.data.resize or h, "num_classes": dataset.num_classes}
     run_info = {"run": args.run, "paper": cfg.paper, "status": "trained", "profile": args.profile,
                 "epochs": cfg.train.epochs, "seed": cfg.train.seed, "device": device.type,
                 "dataset": cfg.data.dataset, "data_sha256": dataset.sha256, "model": cfg.model.arch,
-                "method": cfg.model.describe(),
+                "method": cfg.model.describe(), "optimizer": cfg.describe_optimizer(),
+                "binary_weights": sum(layer.weight.numel() for layer in quantized_layers(result.model)),
                 "reported": cfg.reported, "best_epoch": result.best_epoch,
                 "best_val_top1": round(result.best_val_top1, 2),
                 "test_top1": round(result.test["top1"], 2), "test_top5": round(result.test["top5"], 2),
@@ -78,6 +86,7 @@ def main(argv=None) -> int:
     timing = {"device": device_description(device), "train_seconds": round(result.train_seconds, 1),
               "seconds_per_epoch": round(result.train_seconds / max(len(result.history), 1), 2),
               "resumed_from_epoch": result.resumed_from_epoch, "threads": torch.get_num_threads(),
+              "processes": ranks.world,
               "commit": commit, **environment(device)}
     save_model(result.model, args.models / args.run, cfg, input_spec, "latent", {"result": run_info, "timing": timing})
     write_json(args.reports / args.run / "metrics.json", run_info)

@@ -6,9 +6,10 @@ from pathlib import Path
 import torch
 
 from bnnrepro.analysis.profile import profile_model, value_bits
-from bnnrepro.analysis.training_state import LATENT_METHODS, measured_state_bytes
+from bnnrepro.analysis.training_state import METHODS, measured_state_bytes, method_config
 from bnnrepro.config import load_experiment
 from bnnrepro.models import build_model
+from bnnrepro.nn.layers import quantized_layers
 from bnnrepro.report.memory import checkpoint_sizes, model_table
 from bnnrepro.export import save_model
 
@@ -58,14 +59,32 @@ def test_model_table_total_and_ratio():
     assert total["ratio"] == total["kib_at_fp32"] / total["kib_at_real_precision"] > 20
 
 
-def test_live_training_state_matches_formulas():
-    for method, (optim_cfg, buffers) in LATENT_METHODS.items():
+# bytes per binary weight each method keeps, as implemented: float +-1 (or latent) weight + per-weight state
+PER_WEIGHT_BYTES = {"latent SGD": 4, "latent SGD+momentum": 8, "latent Adam": 12, "Bop": 8, "Bop2ndOrder": 12,
+                    "SGDT": 8, "SGDAT": 12, "flip (BWS/BinSFO), float +-1 weights": 4}
+
+
+def test_live_training_state_matches_the_methods():
+    binary_weights, tensors = 876_320, 4  # LeNet5: conv1, conv2, fc1, fc2
+    cfg = load_experiment(CONFIGS / "binary_mnist.yml")
+    for label, method in METHODS.items():
         model, _ = lenet()
-        state = measured_state_bytes(model, optim_cfg, (1, 28, 28))
-        binary_weights = 876_320
-        # latent fp32 weight + fp32 buffers; Adam also keeps a scalar step per tensor (4 tensors)
-        extra = 4 * 4 if "Adam" in method else 0
-        assert state["binary"] == 4 * binary_weights * (1 + buffers) + extra, method
+        state = measured_state_bytes(model, method_config(cfg, method, has_fp_params=True), (1, 28, 28))
+        if method.pack_weights:  # sign bits, 8 per byte, per tensor (+ Bop's fp32 momentum)
+            expected = sum(-(-layer.weight.numel() // 8) for layer in quantized_layers(model))
+            expected += 4 * binary_weights if label.startswith("Bop") else 0
+        else:
+            expected = PER_WEIGHT_BYTES[label] * binary_weights
+        # on top: a few per-tensor scalars (step counts, temperatures, flip totals)
+        assert 0 <= state["binary"] - expected <= 32 * tensors, label
+
+
+def test_packed_flip_state_is_about_one_bit_per_weight():
+    cfg = load_experiment(CONFIGS / "binary_mnist.yml")
+    model, _ = lenet()
+    packed = METHODS["flip (BWS/BinSFO), packed weights"]
+    state = measured_state_bytes(model, method_config(cfg, packed, has_fp_params=True), (1, 28, 28))
+    assert 8 * state["binary"] / 876_320 < 1.01
 
 
 def test_checkpoint_sizes_are_measured(tmp_path):

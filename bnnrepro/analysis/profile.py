@@ -75,7 +75,8 @@ def profile_model(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerP
     was_training = model.training
     model.eval()
     try:
-        model(torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(0)))
+        # two images: BatchNorm with batch statistics (the BWS / BinSFO MLPs) needs more than one
+        model(torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)))
     finally:
         model.train(was_training)
         for h in hooks:

@@ -1,46 +1,84 @@
-"""Persistent training state per weight: what an optimizer keeps between steps.
+"""Persistent training state per algorithm: what a method keeps between two training steps.
 
-Counted two ways: from the formula of the method (bits per weight) and from the live tensors
-after a real training step (bytes of the parameters plus every tensor in optimizer.state).
+Counted two ways for each method on a model: from the method's formula (bits per binary weight, spec
+3.1 of the flip-optimizer spec) and from the live tensors after one real training step through the
+training loop's own pieces (build_optimizers, PackedBinaryWeights): bytes of every parameter (or of its
+sign bits, when packed) plus every tensor in the optimizers' state, plus the module buffers.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
-from bnnrepro.config import OptimConfig
-from bnnrepro.nn.layers import quantized_layers
-from bnnrepro.optim import build_optimizer
+from bnnrepro.config import ExperimentConfig, OptimConfig
+from bnnrepro.nn.packing import PackedBinaryWeights
+from bnnrepro.optim import build_optimizers, split_parameters
 
-# Latent-weight methods: the fp32 latent weight plus the optimizer's fp32 buffers per weight.
-LATENT_METHODS = {
-    "latent SGD": (OptimConfig(name="sgd", lr=0.01), 0),
-    "latent SGD+momentum": (OptimConfig(name="sgd", lr=0.01, momentum=0.9), 1),
-    "latent Adam": (OptimConfig(name="adam", lr=0.001), 2),
+ADAM_FP = OptimConfig(name="adam", lr=1e-3)  # full-precision regime of the binary-weight methods
+
+
+@dataclass(frozen=True)
+class Method:
+    optim: OptimConfig
+    formula_bits: int          # persistent bits per binary weight by the method's own account
+    formula: str               # what those bits are
+    pack_weights: bool = False
+
+
+METHODS = {
+    "latent SGD": Method(OptimConfig(name="sgd", lr=0.01), 32, "fp32 latent weight"),
+    "latent SGD+momentum": Method(OptimConfig(name="sgd", lr=0.01, momentum=0.9), 64, "latent + momentum"),
+    "latent Adam": Method(OptimConfig(name="adam", lr=1e-3), 96, "latent + two moments"),
+    "Bop": Method(OptimConfig(name="bop", lr=1e-4), 33, "1-bit weight + fp32 momentum"),
+    "Bop, packed weights": Method(OptimConfig(name="bop", lr=1e-4), 33, "1-bit weight + fp32 momentum", True),
+    "Bop2ndOrder": Method(OptimConfig(name="bop2ndorder", lr=1e-4), 65, "1-bit weight + two fp32 moments"),
+    "SGDT": Method(OptimConfig(name="sgdt", lr=1e-4), 33, "1-bit weight + fp32 latent"),
+    "SGDAT": Method(OptimConfig(name="sgdat", lr=1e-4), 65, "1-bit weight + accumulator + flip count"),
+    "flip (BWS/BinSFO), float +-1 weights": Method(OptimConfig(name="flip", lr=1.0), 1, "1-bit weight"),
+    "flip (BWS/BinSFO), packed weights": Method(OptimConfig(name="flip", lr=1.0), 1, "1-bit weight", True),
 }
 
 
-def tensor_bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
+def method_config(cfg: ExperimentConfig, method: Method, has_fp_params: bool) -> ExperimentConfig:
+    """The model's experiment with `method` as its optimizer (binary-weight methods get Adam for the rest)."""
+    binary_method = method.optim.name not in ("sgd", "adam")
+    return dataclasses.replace(
+        cfg, optim=method.optim, optim_fp=ADAM_FP if binary_method and has_fp_params else None,
+        train=dataclasses.replace(cfg.train, pack_weights=method.pack_weights, latent_init="model"))
 
 
-def formula_bits_per_binary_weight(buffers: int) -> int:
-    """A latent weight (32 bits) plus `buffers` fp32 optimizer buffers."""
-    return 32 * (1 + buffers)
+def tensor_bytes(values) -> int:
+    """Bytes of tensors; a Python number kept in an optimizer state (a step count) counts as 8."""
+    return sum(v.numel() * v.element_size() if torch.is_tensor(v) else 8 for v in values
+               if torch.is_tensor(v) or isinstance(v, (int, float)))
 
 
-def measured_state_bytes(model: nn.Module, optim_cfg: OptimConfig, input_shape: tuple[int, ...]) -> dict[str, int]:
-    """Bytes held after one training step: binary-layer weights (+ their optimizer state), and the rest."""
-    optimizer = build_optimizer(optim_cfg, model)
+def measured_state_bytes(model: nn.Module, cfg: ExperimentConfig, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Bytes held after one training step: the binary weights with their optimizer state, the other
+    parameters with theirs, and the module buffers (BatchNorm statistics)."""
+    optimizers = build_optimizers(cfg, model)
     x = torch.randn(4, *input_shape, generator=torch.Generator().manual_seed(0))
     model.train()
     model(x).square().mean().backward()
-    optimizer.step()
-    binary_ids = {id(layer.weight) for layer in quantized_layers(model)}
-    state = {"binary": 0, "other": 0}
+    optimizers.step()
+    binary, _ = split_parameters(model)
+    packed = PackedBinaryWeights(binary) if cfg.train.pack_weights else None
+    if packed:
+        packed.pack_()
+    binary_ids = {id(p) for p in binary}
+    states = {}
+    for regime in optimizers.regimes:
+        states.update(regime.optimizer.state)
+    state = {"binary": packed.weight_bytes() if packed else 0, "other": 0}
     for p in model.parameters():
         key = "binary" if id(p) in binary_ids else "other"
-        state[key] += tensor_bytes([p]) + tensor_bytes(optimizer.state.get(p, {}).values())
+        weight = 0 if packed and key == "binary" else tensor_bytes([p])
+        state[key] += weight + tensor_bytes(states.get(p, {}).values())
     state["buffers"] = tensor_bytes(model.buffers())
+    if packed:
+        packed.unpack_()
     return state

@@ -6,6 +6,7 @@ training batches are then drawn from these in-memory tensors.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -36,6 +37,20 @@ class Dataset:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_images.shape[1:])
+
+
+def resized(dataset: Dataset, size: int) -> Dataset:
+    """The dataset with every image resized to size x size (bilinear, antialiased, rounded back to uint8),
+    once, before training: BinSFO feeds MNIST to its MLP at 64 x 64 (torchvision Resize on PIL images,
+    also bilinear). size 0, or the native size, returns the dataset unchanged."""
+    if size == 0 or dataset.image_shape[1:] == (size, size):
+        return dataset
+    from torchvision.transforms.v2.functional import resize
+
+    def scale(images: torch.Tensor) -> torch.Tensor:
+        return resize(images, [size, size], antialias=True)  # uint8 in, uint8 out
+
+    return dataclasses.replace(dataset, train_images=scale(dataset.train_images), test_images=scale(dataset.test_images))
 
 
 DATA_FILE = "data.safetensors"

@@ -7,6 +7,7 @@ exists), and finally evaluates the best weights on the test split.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -20,12 +21,14 @@ from tqdm.auto import tqdm
 
 from bnnrepro.config import DataConfig, ExperimentConfig
 from bnnrepro.data.batches import Augment, BatchLoader
-from bnnrepro.data.prepared import Dataset
+from bnnrepro.data.prepared import Dataset, resized
 from bnnrepro.engine.checkpoint import load_checkpoint, save_checkpoint
+from bnnrepro.engine.distributed import Ranks, wrap
 from bnnrepro.engine.losses import bin_regularizer, loss_function
 from bnnrepro.models import build_model
-from bnnrepro.nn.layers import clip_latent_weights_
-from bnnrepro.optim import build_optimizer, lr_at_epoch, set_lr
+from bnnrepro.nn.layers import clip_latent_weights_, init_latent_weights_, quantized_layers
+from bnnrepro.nn.packing import PackedBinaryWeights
+from bnnrepro.optim import TrainingOptimizers, build_optimizers
 from bnnrepro.runtime import seed_everything, set_deterministic
 
 log = logging.getLogger(__name__)
@@ -83,28 +86,55 @@ def evaluate(model: nn.Module, loader: BatchLoader) -> dict[str, float]:
     return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "n": total}
 
 
-def train_one_epoch(model, loader, optimizer, cfg: ExperimentConfig, epoch: int, bar) -> dict[str, float]:
+class FlipCounter:
+    """Counts sign changes of the quantized weights, step by step (a latent weight that crosses zero
+    and a binary weight that flips both count). Cheap: one sign-bit snapshot per step."""
+
+    def __init__(self, model: nn.Module):
+        self.weights = [layer.weight for layer in quantized_layers(model)]
+        self.count = None
+
+    def before_step(self) -> None:
+        self.signs = [w.detach().signbit() for w in self.weights]
+
+    def after_step(self) -> None:
+        for w, s in zip(self.weights, self.signs):
+            changed = (w.detach().signbit() != s).sum()
+            self.count = changed if self.count is None else self.count + changed
+
+    def total(self) -> int:
+        return 0 if self.count is None else int(self.count.item())
+
+
+def train_one_epoch(model, loader, optimizer: TrainingOptimizers, cfg: ExperimentConfig, epoch: int,
+                    bar, net: nn.Module | None = None, ranks: Ranks = Ranks()) -> dict[str, float]:
+    """One pass over the training batches. `net` is what the steps call (DDP around `model` when
+    training on several processes; see distributed.py), and each rank takes its rows of every batch."""
     model.train()
+    flips = FlipCounter(model)
+    # with train.pack_weights the binary weights are sign bits between steps (1 bit each, measurable);
+    # the epoch ends unpacked, so evaluation and checkpoints see ordinary float weights
+    packed = PackedBinaryWeights(flips.weights) if cfg.train.pack_weights else None
+    if packed:
+        packed.pack_()
+    try:
+        row = _train_steps(net or model, loader, optimizer, cfg, epoch, bar, flips, packed, ranks)
+    finally:
+        if packed:
+            packed.unpack_()
+    return {**row, "flips": flips.total()} if flips.weights else row
+
+
+def _train_steps(model, loader, optimizer, cfg, epoch, bar, flips, packed, ranks) -> dict[str, float]:
     loss_fn = loss_function(cfg.train.loss)
     use_bin_reg = cfg.optim.regularization == "bin" and cfg.optim.weight_decay > 0
     loss_sum = torch.zeros((), device=loader.images.device)
     correct = torch.zeros((), dtype=torch.long, device=loader.images.device)
     seen = 0
-    for step, (x, y) in enumerate(loader, start=1):
-        logits = model(x)
-        loss = loss_fn(logits, y)
-        if use_bin_reg:
-            loss = loss + cfg.optim.weight_decay * bin_regularizer(model)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {step}: training stopped "
-                                     "(lower optim.lr or check the data)")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.grad_clip > 0:  # element-wise, before the optimizer sees it (tf.clip_by_value in BinaryNet)
-            nn.utils.clip_grad_value_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
-        if cfg.train.clip_latent > 0:
-            clip_latent_weights_(model, cfg.train.clip_latent)
+    for step, batch in enumerate(loader, start=1):
+        x, y = ranks.shard(*batch)
+        with packed.unpacked() if packed else contextlib.nullcontext():
+            logits, loss = _train_step(model, x, y, optimizer, cfg, epoch, step, loss_fn, use_bin_reg, flips)
         loss_sum += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
@@ -112,16 +142,38 @@ def train_one_epoch(model, loader, optimizer, cfg: ExperimentConfig, epoch: int,
     return {"train_loss": loss_sum.item() / seen, "train_top1": 100.0 * correct.item() / seen}
 
 
+def _train_step(model, x, y, optimizer, cfg, epoch, step, loss_fn, use_bin_reg, flips):
+    logits = model(x)
+    loss = loss_fn(logits, y)
+    if use_bin_reg:
+        loss = loss + cfg.optim.weight_decay * bin_regularizer(model)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {step}: training stopped "
+                                 "(lower optim.lr or check the data)")
+    optimizer.zero_grad()
+    loss.backward()
+    if cfg.optim.grad_clip > 0:  # element-wise, before the optimizer sees it (tf.clip_by_value in BinaryNet)
+        nn.utils.clip_grad_value_(model.parameters(), cfg.optim.grad_clip)
+    flips.before_step()
+    optimizer.step()
+    if cfg.train.clip_latent > 0:
+        clip_latent_weights_(model, cfg.train.clip_latent)
+    flips.after_step()
+    return logits, loss
+
+
 def fit(cfg: ExperimentConfig, dataset: Dataset, device: torch.device, checkpoint_path: str | Path,
-        progress: bool = True) -> FitResult:
+        progress: bool = True, ranks: Ranks = Ranks()) -> FitResult:
     set_deterministic(cfg.train.deterministic)
     seed_everything(cfg.train.seed)
     if dataset.name != cfg.data.dataset:
         raise ValueError(f"config {cfg.name} trains on '{cfg.data.dataset}' but was given '{dataset.name}'")
+    dataset = resized(dataset, cfg.data.resize)
     model = build_model(cfg.model, dataset.image_shape[0], dataset.num_classes, dataset.image_shape[1])
     # channels_last: the CPU max-pool and conv kernels are several times faster on it (batches match)
     model = model.to(device, memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg.optim, model)
+    init_latent_weights_(model, cfg.train.latent_init)
+    optimizer = build_optimizers(cfg, model)
     loaders = make_loaders(cfg.data, dataset, cfg.train.seed, device)
     digest = cfg.digest()
 
@@ -137,30 +189,32 @@ def fit(cfg: ExperimentConfig, dataset: Dataset, device: torch.device, checkpoin
         history, best, train_seconds = state["history"], state["best"], state["train_seconds"]
         start_epoch = state["epoch"] + 1
         log.info("resuming %s from the checkpoint after epoch %d", cfg.name, state["epoch"])
+    net = wrap(model, ranks, device)
 
     steps = len(loaders.train)
     bar = tqdm(total=cfg.train.epochs * steps, initial=(start_epoch - 1) * steps, unit="step",
-               desc=cfg.name, disable=not progress, mininterval=2.0, dynamic_ncols=True)
+               desc=cfg.name, disable=not progress or not ranks.is_main, mininterval=2.0, dynamic_ncols=True)
     for epoch in range(start_epoch, cfg.train.epochs + 1):
-        lr = lr_at_epoch(cfg.optim, epoch)
-        set_lr(optimizer, lr)
+        lrs = optimizer.start_epoch(epoch)
         loaders.train.set_epoch(epoch)
         loaders.val.set_epoch(epoch)
         tic = time.perf_counter()
-        row = train_one_epoch(model, loaders.train, optimizer, cfg, epoch, bar)
+        row = train_one_epoch(model, loaders.train, optimizer, cfg, epoch, bar, net, ranks)
         seconds = time.perf_counter() - tic
         val = evaluate(model, loaders.val)
         train_seconds += seconds
-        row = {"epoch": epoch, "lr": lr, **row, "val_top1": val["top1"], "val_top5": val["top5"],
+        row = {"epoch": epoch, **lrs, **row, "val_top1": val["top1"], "val_top5": val["top5"],
                "epoch_seconds": round(seconds, 3), "train_images_per_s": round(len(loaders.train.labels) / seconds, 1)}
         history.append(row)
         if val["top1"] > best["val_top1"]:  # strict: the earliest epoch wins ties, as in the RWTH code
             best = {"epoch": epoch, "val_top1": val["top1"], "model": copy.deepcopy(model.state_dict())}
         bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.4f}", val=f"{val['top1']:.2f}",
                         best=f"{best['val_top1']:.2f}@{best['epoch']}")
-        save_checkpoint(checkpoint_path, {"digest": digest, "epoch": epoch, "model": model.state_dict(),
-                                          "optimizer": optimizer.state_dict(), "history": history, "best": best,
-                                          "train_seconds": train_seconds})
+        if ranks.is_main:
+            save_checkpoint(checkpoint_path, {"digest": digest, "epoch": epoch, "model": model.state_dict(),
+                                              "optimizer": optimizer.state_dict(), "history": history, "best": best,
+                                              "train_seconds": train_seconds})
+        ranks.barrier()  # a restarted rank must never find an older checkpoint than rank 0 wrote
     bar.close()
 
     model.load_state_dict(best["model"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -31,6 +31,10 @@ class ModelConfig:
                                 # same_zeros: every conv 3x3 SAME with zeros (Courbariaux / Anderson & Berg; 32 -> 4x4)
     bn_scale: bool = True       # false: BatchNorm with a learned shift beta but no scale gamma (TF's scale=False)
     last_bn_shift: bool = False # the output BatchNorm learns a shift beta (Anderson & Berg); RWTH's has neither
+    depth: int = 4              # MLP only: number of Linear layers (4 = three hidden + output)
+    hidden: int = 1024          # MLP only: width of the hidden layers
+    bn_affine: bool = False     # MLP only: hidden BatchNorms learn scale and shift (BWS --affine)
+    bn_out: bool = True         # MLP only: BatchNorm (affine=False) on the logits (BWS --batch_norm_out)
 
     def describe(self) -> str:
         """Short name of the method for tables: 'float' or the binarization scheme."""
@@ -38,7 +42,8 @@ class ModelConfig:
             return "float"
         ternary = " (ternary: w " + (self.ternary_weights or "-") + ", a " + (self.ternary_acts or "-") + ")"
         has_ternary = "1" in self.ternary_weights + self.ternary_acts
-        return f"binary, STE {self.estimator}, {self.layer_order}{ternary if has_ternary else ''}"
+        order = f", {self.layer_order}" if self.arch in ("lenet5", "vggnet7") else ""  # the RWTH models' option
+        return f"binary, STE {self.estimator}{order}{ternary if has_ternary else ''}"
 
 
 def _digits(value: str, n: int, key: str) -> list[bool]:
@@ -130,3 +135,31 @@ def xavier_init_(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.xavier_normal_(m.weight)
+
+
+def check_options(cfg: ModelConfig, supported: tuple[str, ...]) -> None:
+    """For models with only some of ModelConfig's options: every other key must keep its default (whose
+    meaning the model implements), so that no setting is silently ignored."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name != "arch" and f.name not in supported and value != f.default:
+            raise ValueError(f"model.{f.name} = {value!r} is not an option of model '{cfg.arch}' (leave it at "
+                             f"{f.default!r}); its options: {', '.join(supported)}")
+
+
+def input_binarizer(precision: str, sees_image: bool) -> nn.Module:
+    """What a weight layer of the BinaryNet codes (SGDAT, BinaryNet.pytorch) does to its input (spec B.3,
+    C.18): a layer with binary weights binarizes its input unless that input is the image; a
+    full-precision layer takes real values. The public code infers this from the input size (3 channels,
+    784 features); here each layer gets it explicitly.
+
+    Those codes apply nn.Hardtanh after BatchNorm and binarize inside the next layer by overwriting
+    `input.data`, which autograd does not see: the gradient passes sign unchanged and the Hardtanh masks
+    it to 1[-1 < x < 1]. QuantAct("binary", "bnn") on the Hardtanh output h = hardtanh(x) is the same:
+    forward sign(h) = sign(x) (hardtanh keeps the sign; sign(0) = +1 as in the SGDAT code), backward
+    1[-1 < h < 1] = 1[-1 < x < 1], a mask the Hardtanh then applies once more without change. The
+    identity STE after the Hardtanh would give the same gradient; "bnn" does not rely on the Hardtanh.
+    The models keep the Hardtanh because its real output also feeds fp layers and residual connections."""
+    if precision == "fp" or sees_image:
+        return nn.Identity()
+    return QuantAct("binary", "bnn")

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bnnrepro.nn.quantizers import TERNARY_ACT_K, binarize, quantize_weight, ternarize_ste
+from bnnrepro.nn.quantizers import TERNARY_ACT_K, binarize, quantize_weight, sign, ternarize_ste
 
 PRECISIONS = ("fp", "binary", "ternary")
 
@@ -103,3 +103,21 @@ def quantized_layers(model: nn.Module):
 def clip_latent_weights_(model: nn.Module, bound: float = 1.0) -> None:
     for layer in quantized_layers(model):
         layer.weight.clamp_(-bound, bound)
+
+
+# The "zero" latent init: small enough that the first SGD or Adam step overwrites it exactly (in fp32,
+# 1e-20 - lr g rounds to -lr g whenever |lr g| > ~1e-13), large enough to keep the initial signs.
+ZERO_LATENT = 1e-20
+
+
+@torch.no_grad()
+def init_latent_weights_(model: nn.Module, mode: str) -> None:
+    """`model`: keep the layers' own initialisation. `zero`: the SGDAT code's latent weights start at 0
+    while its first forward still uses the signs of the random init (spec B.1, C.13). Exact zeros would
+    make every weight +1 in that first forward: identical units whose symmetry training never breaks.
+    So each latent becomes ZERO_LATENT * sign(init), zero for the optimizer, the init's sign for the forward."""
+    if mode == "zero":
+        for layer in quantized_layers(model):
+            layer.weight.copy_(ZERO_LATENT * sign(layer.weight))
+    elif mode != "model":
+        raise ValueError(f"Unknown latent init '{mode}'. Valid: ('model', 'zero')")

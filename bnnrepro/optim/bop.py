@@ -14,48 +14,70 @@ other sign).
         r = m / (sqrt(v) + eps)
         b <- -b  where  b * r > tau
 
-gamma is the optimizer's `lr`, so torch's lr schedulers drive it.
+gamma is the optimizer's `lr`, so torch's lr schedulers drive it. b is the sign of the parameter
+(a real-valued initial weight works too); every step writes exactly +-1 back.
+
+Options for the codes being reproduced (all off by default):
+  - Bop(m_init="minus_weights"): m starts at minus the parameter's value at the first step. BinSFO
+    fine-tunes pretrained nets this way (flip spec 2.5): b m = -|w| < 0, so the pretrained latent
+    weight's magnitude acts as inertia and no weight flips until the gradients reverse m's sign.
+  - Bop2ndOrder(zero_latent_first_step=True): the SGDAT code's quirk (spec B.2, C.13). Its first step
+    reads b from the latent copy, all zeros then; b r = 0 never exceeds tau and sgn(0) = +1, so every
+    weight is +1 after step 1. From step 2 on the latent copy holds b and the rule is the one above.
+
+Per-epoch state: the SGDAT code rebuilds its optimizers at every epoch start, but Bop and Bop2ndOrder
+keep m and v on the tensors, so nothing resets (`reset_epoch_state()` does nothing).
 """
 
 from __future__ import annotations
 
 import torch
 
+from bnnrepro.nn.quantizers import sign
 from bnnrepro.optim.base import PerParameterOptimizer
 
+M_INITS = ("zero", "minus_weights")
 
-def _flip_(b: torch.Tensor, flip: torch.Tensor) -> None:
-    b.copy_(torch.where(flip, -b, b))
+
+def _flip_(p: torch.Tensor, b: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """p <- sgn(-b where flip, else b), exactly +-1. Returns how many weights changed sign."""
+    old = sign(p)
+    new = sign(torch.where(flip, -b, b))
+    p.copy_(new)
+    return (new != old).sum()
 
 
 class Bop(PerParameterOptimizer):
-    def __init__(self, params, lr: float = 1e-4, threshold: float = 1e-8):
+    def __init__(self, params, lr: float = 1e-4, threshold: float = 1e-8, m_init: str = "zero"):
         if not 0 < lr <= 1:
             raise ValueError(f"Invalid gamma (lr): {lr}; Bop's gamma must be in (0, 1]")
         if threshold < 0:
             raise ValueError(f"Invalid threshold: {threshold}")
-        super().__init__(params, {"lr": lr, "threshold": threshold})
+        if m_init not in M_INITS:
+            raise ValueError(f"Invalid m_init '{m_init}'. Valid: {M_INITS}")
+        super().__init__(params, {"lr": lr, "threshold": threshold, "m_init": m_init})
 
     def update(self, p, state, group):
         if not state:
-            state["m"] = torch.zeros_like(p)
+            state["m"] = -p.detach().clone() if group["m_init"] == "minus_weights" else torch.zeros_like(p)
             state["flips"] = torch.zeros((), dtype=torch.float32)  # float: survives load_state_dict's cast
-        m = state["m"]
+        m, b = state["m"], sign(p)
         m.mul_(1 - group["lr"]).add_(p.grad, alpha=group["lr"])
-        flip = p * m > group["threshold"]
-        _flip_(p, flip)
-        state["flips"] += flip.sum()
+        state["flips"] += _flip_(p, b, b * m > group["threshold"])
+
+    def reset_epoch_state(self) -> None:
+        """Nothing to forget: the SGDAT code keeps m on the tensor across its per-epoch rebuilds."""
 
 
 class Bop2ndOrder(PerParameterOptimizer):
     def __init__(self, params, lr: float = 1e-4, sigma: float = 1e-2, threshold: float = 1e-8,
-                 bias_correction: bool = False, eps: float = 1e-10):
+                 bias_correction: bool = False, eps: float = 1e-10, zero_latent_first_step: bool = False):
         if not 0 < lr <= 1 or not 0 < sigma <= 1:
             raise ValueError(f"Invalid gamma (lr) {lr} or sigma {sigma}: both must be in (0, 1]")
         if threshold < 0:
             raise ValueError(f"Invalid threshold: {threshold}")
-        super().__init__(params, {"lr": lr, "sigma": sigma, "threshold": threshold,
-                                  "bias_correction": bias_correction, "eps": eps})
+        super().__init__(params, {"lr": lr, "sigma": sigma, "threshold": threshold, "bias_correction": bias_correction,
+                                  "eps": eps, "zero_latent_first_step": zero_latent_first_step})
 
     def update(self, p, state, group):
         gamma, sigma = group["lr"], group["sigma"]
@@ -72,6 +94,12 @@ class Bop2ndOrder(PerParameterOptimizer):
             m_hat, v_hat = m / (1 - (1 - gamma) ** t), v / (1 - (1 - sigma) ** t)
         else:
             m_hat, v_hat = m, v
-        flip = p * (m_hat / (v_hat.sqrt() + group["eps"])) > group["threshold"]
-        _flip_(p, flip)
-        state["flips"] += flip.sum()
+        b = sign(p)
+        if group["zero_latent_first_step"] and state["step"].item() == 1:
+            b = torch.zeros_like(p)  # the SGDAT code's zero latent copy: b r = 0 flips nothing, sgn(0) = +1
+        r = m_hat / (v_hat.sqrt() + group["eps"])
+        state["flips"] += _flip_(p, b, b * r > group["threshold"])
+
+    def reset_epoch_state(self) -> None:
+        """Nothing to forget: the SGDAT code keeps m and v on the tensors across its per-epoch rebuilds
+        (its step count restarts, but it has no bias correction to use it; ours keeps counting)."""

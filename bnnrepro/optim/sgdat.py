@@ -1,17 +1,31 @@
-"""SGDAT: SGD with adaptive thresholds (Gu et al., Neurocomputing 555:126431, 2023; gushan/SGDAT).
+"""SGDT and SGDAT: SGD on a real accumulator that sets binary weights through a dead zone around zero
+(Gu et al., "SGDAT: An optimization method for binary neural networks", Neurocomputing 555:126431,
+2023; code gushan/SGDAT).
 
-Each binary weight b keeps an accumulator m (never clipped) and counts its flips k. The weight takes
-the sign of m only when |m| clears a threshold that grows with how often it has already flipped:
+The parameter holds the binary weight b in {-1, +1} (only its sign is read, so a real-valued initial
+weight works too: the first step writes exactly +-1). g is the gradient with respect to b, the weight
+the forward pass used. Each optimizer keeps a real accumulator `a` per weight and sets b from it by
+one rule, hysteresis around zero:
 
-    d = g (+ weight_decay * b)
-    momentum:  u <- mu u + (1 - dampening) g;  d <- u   (nesterov: d <- d + mu u)
-    m <- m - lr d
-    b <- sgn(m)  where |m| > tau * k   (k = 0: any nonzero m sets the sign), else b stays
-    k <- k + [b changed]
+    b <- sgn(a)  where |a| > dead zone,  else b keeps its sign            (sgn(0) = +1)
 
-sgn(0) = +1. As in the public code, the momentum buffer is built from the raw gradient (without
-weight decay). `m` starts at zero; whether k and the momentum reset every epoch (the public code
-rebuilds its optimizers each epoch) is the caller's choice: `reset_epoch_state()`.
+    SGDT  (the SGDAT code's plain SGD with `--binarization threshold`; spec B.2):
+        w <- clip(w - lr g, -1, 1)             latent weight: starts at 0 (SGDAT code) or at the initial weight
+        b <- sgn(w)  where |w| > tau
+
+    SGDAT (optimizers/SGDAT.py, final version; spec B.2):
+        d = g (+ weight_decay * b)
+        momentum:  u <- mu u + (1 - dampening) g;  d <- u   (nesterov: d <- d + mu u)
+        m <- m - lr d                          never clipped, starts at 0
+        b <- sgn(m)  where |m| > tau * k;   k <- k + [b changed]           k: the weight's flip count
+
+With k = 0 (no flip yet) any nonzero m sets the sign. As in the public code, the momentum buffer is
+built from the raw gradient, without weight decay.
+
+Per-epoch state (spec B.1, C.14): the public code builds new optimizers at every epoch start, which
+forgets what lives in `optimizer.state` (SGDAT's flip counts and momentum buffer) and keeps what lives
+on the tensors (SGDAT's m, the latent weight `org` of SGDT). `reset_epoch_state()` does the same here.
+Both also count all flips since the start in `state["flips"]` (a statistic; no rule reads it).
 """
 
 from __future__ import annotations
@@ -20,6 +34,47 @@ import torch
 
 from bnnrepro.nn.quantizers import sign
 from bnnrepro.optim.base import PerParameterOptimizer
+
+LATENT_INITS = ("zero", "weights")
+
+
+def hysteresis_sign_(b: torch.Tensor, a: torch.Tensor, dead_zone: float | torch.Tensor) -> torch.Tensor:
+    """b <- sgn(a) where |a| > dead_zone, else sgn(b); in place. Returns where b changed sign.
+
+    A weight whose accumulator sits inside the dead zone keeps the sign it has, so a weight near zero
+    does not flip back and forth with every small step (the boundary itself is inside: strict >)."""
+    old = sign(b)
+    new = torch.where(a.abs() > dead_zone, sign(a), old)
+    b.copy_(new)
+    return new != old
+
+
+class SGDT(PerParameterOptimizer):
+    """Latent SGD with clipping whose binarization ignores latent weights within `threshold` of zero.
+
+    latent_init: "zero" as the SGDAT code (its latent copy `org` starts as zeros, while the first
+    forward pass used sgn(initial weight)); "weights" starts from the parameter's value at the first
+    step, as BinaryNet.pytorch's `org = clone(weight)` (the value must still be the real initial weight
+    then: a parameter already set to its sign starts the latent at +-1)."""
+
+    def __init__(self, params, lr: float = 1e-4, threshold: float = 1e-8, latent_init: str = "zero"):
+        if lr <= 0 or threshold < 0:
+            raise ValueError(f"Invalid SGDT hyperparameters: lr={lr} must be > 0, threshold={threshold} >= 0")
+        if latent_init not in LATENT_INITS:
+            raise ValueError(f"Invalid latent_init '{latent_init}'. Valid: {LATENT_INITS}")
+        super().__init__(params, {"lr": lr, "threshold": threshold, "latent_init": latent_init})
+
+    def update(self, p, state, group):
+        if not state:
+            state["latent"] = p.detach().clone() if group["latent_init"] == "weights" else torch.zeros_like(p)
+            state["flips"] = torch.zeros((), dtype=torch.float32)  # float: survives load_state_dict's cast
+        w = state["latent"]
+        w.add_(p.grad, alpha=-group["lr"]).clamp_(-1, 1)
+        state["flips"] += hysteresis_sign_(p, w, group["threshold"]).sum()
+
+    def reset_epoch_state(self) -> None:
+        """Nothing to forget: the public code rebuilds a torch SGD without momentum, which has no state,
+        and its latent weight lives on the tensor (`org`)."""
 
 
 class SGDAT(PerParameterOptimizer):
@@ -37,20 +92,24 @@ class SGDAT(PerParameterOptimizer):
         if not state:
             state["m"] = torch.zeros_like(p)
             state["flip_count"] = torch.zeros_like(p)  # float: survives load_state_dict's dtype cast
+            state["flips"] = torch.zeros((), dtype=torch.float32)
         g = p.grad
-        d = g + group["weight_decay"] * p if group["weight_decay"] else g
+        # decay pulls towards zero from the current binary weight (the public code uses its latent copy,
+        # which equals b after the first step)
+        d = g + group["weight_decay"] * sign(p) if group["weight_decay"] else g
         if group["momentum"]:
             u = state.setdefault("momentum_buffer", torch.zeros_like(p))
             u.mul_(group["momentum"]).add_(g, alpha=1 - group["dampening"])
             d = d + group["momentum"] * u if group["nesterov"] else u
         m, k = state["m"], state["flip_count"]
         m.add_(d, alpha=-group["lr"])
-        new = torch.where(m.abs() > group["threshold"] * k, sign(m), p)
-        k.add_((new != p).to(k.dtype))
-        p.copy_(new)
+        flipped = hysteresis_sign_(p, m, group["threshold"] * k)
+        k.add_(flipped.to(k.dtype))
+        state["flips"] += flipped.sum()
 
     def reset_epoch_state(self) -> None:
-        """Forget flip counts and momentum, keep the accumulators (the public code's per-epoch rebuild)."""
+        """Forget flip counts and momentum, keep the accumulators m (the public code's per-epoch rebuild)."""
         for state in self.state.values():
-            state.get("flip_count", torch.zeros(())).zero_()
+            if "flip_count" in state:
+                state["flip_count"].zero_()
             state.pop("momentum_buffer", None)

@@ -14,15 +14,15 @@ from bnnrepro.report import markdown
 # A single-seed run counts as reproducing the paper when it is at most this far below it (points).
 TOLERANCE = 0.1
 
-COLUMNS = ["paper", "experiment", "model", "dataset", "method", "reported_top1", "reproduced_top1",
-           "difference", "reproduced_top5", "profile", "epochs", "seed", "device", "status"]
+COLUMNS = ["paper", "experiment", "model", "dataset", "method", "optimizer", "reported_top1", "reproduced_top1",
+           "difference", "reported_top5", "reproduced_top5", "profile", "epochs", "seed", "device", "status"]
 
 
-def status(reported: float | None, reproduced: float | None, note: str = "") -> str:
+def status(reported: float | None, reproduced: float | None, note: str = "", paper: str = "") -> str:
     if reproduced is None:
         return note
     if reported is None:
-        return "ours (no paper number)"
+        return "ours (no paper has it)" if paper == "ours" else "no paper number retrievable for this setting"
     gap = reported - reproduced
     verdict = "reproduced" if gap <= TOLERANCE else f"short of the paper by {gap:.2f}"
     return f"{verdict}{' (' + note + ')' if note else ''}"
@@ -30,19 +30,18 @@ def status(reported: float | None, reproduced: float | None, note: str = "") -> 
 
 def run_row(metrics: dict[str, Any]) -> dict[str, Any]:
     reported = metrics.get("reported", {}).get("top1")
+    common = {"paper": metrics["paper"], "experiment": metrics["run"], "model": metrics["model"],
+              "dataset": metrics["dataset"], "method": metrics["method"], "optimizer": metrics.get("optimizer"),
+              "reported_top1": reported, "reported_top5": metrics.get("reported", {}).get("top5")}
     if metrics["status"] == "skipped":
-        return {"paper": metrics["paper"], "experiment": metrics["run"], "model": metrics["model"],
-                "dataset": metrics["dataset"], "method": metrics["method"],
-                "reported_top1": reported, "profile": metrics["profile"],
+        return {**common, "profile": metrics["profile"],
                 "status": f"not run: {metrics['reason']}"}
     top1 = metrics["test_top1"]
     note = f"{metrics['profile']} profile, {metrics['epochs']} epochs" if metrics["profile"] != "paper" else ""
-    return {"paper": metrics["paper"], "experiment": metrics["run"], "model": metrics["model"],
-            "dataset": metrics["dataset"], "method": metrics["method"],
-            "reported_top1": reported, "reproduced_top1": top1,
+    return {**common, "reproduced_top1": top1,
             "difference": round(top1 - reported, 2) if reported is not None else None,
             "reproduced_top5": metrics.get("test_top5"), "profile": metrics["profile"], "epochs": metrics["epochs"],
-            "seed": metrics["seed"], "device": metrics["device"], "status": status(reported, top1, note)}
+            "seed": metrics["seed"], "device": metrics["device"], "status": status(reported, top1, note, metrics["paper"])}
 
 
 def pretrained_row(name: str, metadata: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
@@ -50,7 +49,8 @@ def pretrained_row(name: str, metadata: dict[str, Any], result: dict[str, Any]) 
     reported = cfg["reported"].get("top1")
     top1 = result["accuracy"]
     return {"paper": cfg["paper"], "experiment": f"pretrained/{name}", "model": cfg["model"]["arch"],
-            "dataset": result["dataset"], "method": ModelConfig(**cfg["model"]).describe(), "reported_top1": reported,
+            "dataset": result["dataset"], "method": ModelConfig(**cfg["model"]).describe(),
+            "optimizer": cfg["optim"]["name"], "reported_top1": reported,
             "reproduced_top1": top1, "difference": round(top1 - reported, 2) if reported is not None else None,
             "reproduced_top5": result.get("top5"), "profile": f"shipped ({metadata['profile']} recipe)",
             "epochs": metadata["epochs_trained"], "seed": metadata["seed"], "device": "cpu",

@@ -43,9 +43,13 @@ def plot_rwth_curves(pretrained: Path, reference: Path, out: Path) -> None:
     save(fig, out)
 
 
+GRID_PREFIXES = ("compare_", "bws_digits_", "sgdat_", "binsfo_")  # grids have their own table and plot (comparison.py)
+
+
 def plot_runs(runs_dir: Path, out: Path) -> None:
-    """Validation accuracy per epoch of every run the pipeline trained."""
-    histories = {p.parent.name: pd.read_csv(p) for p in sorted(runs_dir.glob("*/history.csv"))}
+    """Validation accuracy per epoch of every single (non-grid) run the pipeline trained."""
+    histories = {p.parent.name: pd.read_csv(p) for p in sorted(runs_dir.glob("*/history.csv"))
+                 if not p.parent.name.startswith(GRID_PREFIXES)}
     histories = {k: v for k, v in histories.items() if len(v)}
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, h in histories.items():
@@ -54,4 +58,43 @@ def plot_runs(runs_dir: Path, out: Path) -> None:
     ax.grid(alpha=0.3)
     if histories:
         ax.legend(fontsize=8)
+    save(fig, out)
+
+
+def plot_reproduced_vs_reported(table: pd.DataFrame, out: Path) -> None:
+    """Each paper's reported top-1 against ours, one panel per paper; rows without both are left out."""
+    done = table.dropna(subset=["reported_top1", "reproduced_top1"])
+    papers = sorted(done["paper"].unique()) or ["(none yet)"]
+    fig, axes = plt.subplots(1, len(papers), figsize=(4.5 * len(papers), 4), squeeze=False)
+    for ax, paper in zip(axes[0], papers):
+        rows = done[done["paper"] == paper]
+        ax.scatter(rows["reported_top1"], rows["reproduced_top1"], color="C0")
+        for _, r in rows.iterrows():
+            ax.annotate(f"{r['experiment']} ({r['profile']})", (r["reported_top1"], r["reproduced_top1"]),
+                        fontsize=7, xytext=(4, -10), textcoords="offset points")
+        values = pd.concat([rows["reported_top1"], rows["reproduced_top1"]])
+        low, high = (values.min() - 1, min(values.max() + 1, 100)) if len(values) else (0, 100)
+        ax.plot([low, high], [low, high], color="0.6", ls="--", lw=1, label="reproduced = reported")
+        ax.set(title=f"paper: {paper}", xlabel="reported top-1 (%)", ylabel="reproduced top-1 (%)",
+               xlim=(low, high), ylim=(low, high))
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    save(fig, out)
+
+
+def plot_training_state(states: pd.DataFrame, out: Path) -> None:
+    """Persistent training state of every method, relative to latent Adam, one bar group per model."""
+    models = list(dict.fromkeys(states["model"]))
+    methods = list(dict.fromkeys(states["method"]))
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    width = 0.8 / len(models)
+    for i, model in enumerate(models):
+        rows = states[states["model"] == model].set_index("method").reindex(methods)
+        ax.bar([x + i * width for x in range(len(methods))], rows["relative_to_latent_adam"], width=width, label=model)
+    ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(methods))])
+    ax.set_xticklabels(methods, rotation=30, ha="right", fontsize=8)
+    ax.set(yscale="log", ylabel="training state / latent Adam's (log)",
+           title="Persistent training state per algorithm (live tensors after one step)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
     save(fig, out)

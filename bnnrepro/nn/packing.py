@@ -1,0 +1,120 @@
+"""Binary weights held at 1 bit each between optimizer steps (spec D5).
+
+A flip optimizer (optim/flip.py) keeps no latent weights, so the sign is all a binary weight has to
+remember from one step to the next. `PackedBinaryWeights` keeps it that way in memory, not only on
+paper: between steps each tensor lives as its sign bits, 8 per uint8 byte, and the parameter itself is
+an empty tensor; for forward + backward + step it is unpacked to float +-1 and packed again after.
+
+    packed = PackedBinaryWeights(flip_params)    # after the optimizer has set them to +-1
+    packed.pack_()
+    for x, y in batches:
+        with packed.unpacked():                  # float +-1 only inside; gradients dropped on exit
+            loss = loss_fn(model(x), y); optimizer.zero_grad(); loss.backward(); optimizer.step()
+
+Bit layout: element i of the flattened tensor is bit i % 8 (least significant first) of byte i // 8,
+1 for +1 and 0 for -1, zero-padded to whole bytes: the same bytes as numpy.packbits(bitorder="little")
+and export.pack_signs, computed with torch ops on the tensor's own device.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from numbers import Number
+
+import torch
+
+from bnnrepro.nn.quantizers import sign
+
+
+def pack_signs(w: torch.Tensor) -> torch.Tensor:
+    """uint8 tensor of ceil(numel / 8) bytes: the signs of w (sign(0) = +1), 8 per byte."""
+    bits = (sign(w.detach()) > 0).flatten()
+    bits = torch.cat([bits, bits.new_zeros(-len(bits) % 8)]).view(-1, 8).to(torch.uint8)
+    shifts = torch.arange(8, dtype=torch.uint8, device=w.device)
+    return (bits << shifts).sum(1, dtype=torch.uint8)
+
+
+def unpack_signs(packed: torch.Tensor, shape: torch.Size | tuple[int, ...],
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The +-1 tensor of `shape` whose signs `packed` holds (inverse of pack_signs)."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    bits = (packed[:, None] >> shifts) & 1
+    n = torch.Size(shape).numel()
+    return (bits.flatten()[:n].to(dtype) * 2 - 1).reshape(shape)
+
+
+class PackedBinaryWeights:
+    """Moves a set of +-1 parameters between float (`unpack_`) and sign bits (`pack_`)."""
+
+    def __init__(self, params):
+        self.params = list(params)
+        self.shapes = [p.shape for p in self.params]
+        self.bits: list[torch.Tensor | None] = [None] * len(self.params)
+        self.formats = [torch.contiguous_format] * len(self.params)
+        self.is_packed = False
+
+    @torch.no_grad()
+    def pack_(self) -> None:
+        """Store the signs; the parameters become empty tensors and their gradients are freed."""
+        if self.is_packed:
+            return
+        for i, p in enumerate(self.params):
+            self.shapes[i], self.formats[i] = p.shape, _memory_format(p)
+            self.bits[i] = pack_signs(p)
+            # a fresh empty tensor, not a view of the old storage, so the float weights are freed
+            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+            p.grad = None
+        self.is_packed = True
+
+    @torch.no_grad()
+    def unpack_(self) -> None:
+        """Restore every parameter to float +-1, in its former memory format, from its sign bits."""
+        if not self.is_packed:
+            return
+        for i, p in enumerate(self.params):
+            p.data = unpack_signs(self.bits[i], self.shapes[i], p.dtype).contiguous(memory_format=self.formats[i])
+            self.bits[i] = None
+        self.is_packed = False
+
+    @contextmanager
+    def unpacked(self):
+        self.unpack_()
+        try:
+            yield self
+        finally:
+            self.pack_()
+
+    def num_weights(self) -> int:
+        return sum(shape.numel() for shape in self.shapes)
+
+    def weight_bytes(self) -> int:
+        """Bytes the weights occupy now: the sign bits when packed, the float tensors when not."""
+        if self.is_packed:
+            return sum(_nbytes(b) for b in self.bits)
+        return sum(_nbytes(p) for p in self.params)
+
+
+def _memory_format(p: torch.Tensor) -> torch.memory_format:
+    """channels_last for conv weights stored that way (train.py's model.to(channels_last)), else contiguous."""
+    if p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _nbytes(value) -> int:
+    if torch.is_tensor(value):
+        return value.numel() * value.element_size()
+    return 8 if isinstance(value, Number) else 0  # a Python int or float: counted as one 64-bit word
+
+
+def resident_bytes(packed: PackedBinaryWeights, optimizer: torch.optim.Optimizer | None = None) -> dict[str, float]:
+    """Live memory of the weights and of the optimizer's state for them, measured from the tensors.
+
+    Between steps, with a flip optimizer: ceil(n/8) bytes per tensor plus a few scalars per tensor,
+    so bits_per_weight -> 1 for large tensors. Gradients and activations are transient (not counted)."""
+    state_bytes = 0
+    if optimizer is not None:
+        state_bytes = sum(_nbytes(v) for p in packed.params for v in optimizer.state.get(p, {}).values())
+    n, weights = packed.num_weights(), packed.weight_bytes()
+    return {"weights": n, "weight_bytes": weights, "optimizer_state_bytes": state_bytes,
+            "bits_per_weight": 8 * (weights + state_bytes) / n if n else float("nan")}

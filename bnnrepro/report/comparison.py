@@ -1,0 +1,130 @@
+"""Grid tables: many training methods on the same model and data, side by side.
+
+  - our cross-method comparison (runs compare_<recipe>_<dataset>): every optimizer recipe of the SGDAT
+    paper on one binary MLP, MNIST and Fashion-MNIST;
+  - the BWS Digit grid (runs bws_digits_<mask>_<scheduler>, and the real-space baseline bws_digits_real);
+  - BinSFO's four algorithms on its MNIST MLP (runs binsfo_mnist_<recipe>).
+
+Each cell comes from a run's metrics.json (test top-1 / top-5 of the best-validation epoch) and its
+history.csv (weights whose sign changed, per epoch).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from bnnrepro.report import markdown
+from bnnrepro.report.plots import plt, save
+
+
+def load_runs(runs_dir: Path, prefix: str) -> list[tuple[dict, pd.DataFrame]]:
+    runs = []
+    for metrics_file in sorted(runs_dir.glob(f"{prefix}*/metrics.json")):
+        metrics = json.loads(metrics_file.read_text())
+        if metrics["status"] == "trained":
+            runs.append((metrics, pd.read_csv(metrics_file.parent / "history.csv")))
+    return runs
+
+
+def flips_percent(metrics: dict, history: pd.DataFrame) -> float | None:
+    """Mean over epochs of the sign changes per epoch, in % of the binary weights (a weight flipping
+    twice in an epoch counts twice)."""
+    if "flips" not in history or not metrics.get("binary_weights"):
+        return None
+    return 100.0 * history["flips"].mean() / metrics["binary_weights"]
+
+
+def run_cells(metrics: dict, history: pd.DataFrame) -> dict:
+    return {"top1": metrics["test_top1"], "top5": metrics["test_top5"], "flips_%": flips_percent(metrics, history),
+            "best_epoch": metrics["best_epoch"], "epochs": metrics["epochs"]}
+
+
+def comparison_table(runs_dir: Path, recipe_order: list[str]) -> pd.DataFrame:
+    """One row per optimizer recipe, top-1 / top-5 / flips per dataset."""
+    rows = {}
+    for metrics, history in load_runs(runs_dir, "compare_"):
+        row = rows.setdefault(metrics["optimizer"], {"optimizer": metrics["optimizer"]})
+        for key, value in run_cells(metrics, history).items():
+            if key in ("top1", "top5", "flips_%"):
+                row[f"{metrics['dataset']} {key}"] = value
+        row["budget"] = f"{metrics['epochs']} epochs, seed {metrics['seed']}, {metrics['profile']} profile"
+    order = {label: i for i, label in enumerate(recipe_order)}
+    table = pd.DataFrame(sorted(rows.values(), key=lambda r: order.get(r["optimizer"], len(order))))
+    datasets = dict.fromkeys(c.rsplit(" ", 1)[0] for c in table.columns if c not in ("optimizer", "budget"))
+    columns = ["optimizer"] + [f"{d} {k}" for d in datasets for k in ("top1", "top5", "flips_%")] + ["budget"]
+    return table[columns] if len(table) else table
+
+
+def bws_table(runs_dir: Path) -> pd.DataFrame:
+    """Digit: one row per hypermask x scheduler, plus the real-space baseline."""
+    rows = []
+    for metrics, history in load_runs(runs_dir, "bws_digits_"):
+        name = metrics["run"].removeprefix("bws_digits_")
+        mask, _, scheduler = name.partition("_")
+        if name == "real":
+            mask, scheduler = "real space (latent SGD)", "-"
+        rows.append({"mask": mask, "scheduler": scheduler, **run_cells(metrics, history), "seed": metrics["seed"],
+                     "profile": metrics["profile"]})
+    return pd.DataFrame(rows)
+
+
+def method_table(runs_dir: Path, prefix: str) -> pd.DataFrame:
+    """One row per run of a grid over methods only (BinSFO's four algorithms)."""
+    return pd.DataFrame([{"method": metrics["optimizer"], **run_cells(metrics, history), "seed": metrics["seed"],
+                          "profile": metrics["profile"]} for metrics, history in load_runs(runs_dir, prefix)])
+
+
+def plot_comparison(table: pd.DataFrame, out: Path) -> None:
+    """Test top-1 of every optimizer recipe, one bar group per dataset."""
+    datasets = [c.removesuffix(" top1") for c in table.columns if c.endswith(" top1")] if len(table) else []
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / max(len(datasets), 1)
+    for i, dataset in enumerate(datasets):
+        positions = [x + i * width for x in range(len(table))]
+        ax.bar(positions, table[f"{dataset} top1"], width=width, label=dataset)
+    ax.set_xticks([x + width * (len(datasets) - 1) / 2 for x in range(len(table))])
+    ax.set_xticklabels(table["optimizer"] if len(table) else [], rotation=30, ha="right")
+    ax.set(ylabel="test top-1 (%)", title="Every optimizer recipe on one binary MLP"
+           + (f" ({table['budget'].iloc[0]})" if len(table) else ""))
+    low = min((table[f"{d} top1"].min() for d in datasets), default=0)
+    ax.set_ylim(max(0, low - 5), 100)
+    ax.grid(axis="y", alpha=0.3)
+    if datasets:
+        ax.legend()
+    save(fig, out)
+
+
+def to_markdown(comparison: pd.DataFrame, bws: pd.DataFrame, binsfo: pd.DataFrame) -> str:
+    text = ["# Every method on the same model and data",
+            "",
+            "Generated by `dvc repro` (stage `report`); do not edit. Test accuracy (%) of the best-validation epoch; "
+            "`flips_%`: sign changes per epoch in % of the binary weights, averaged over the epochs.",
+            "",
+            "## The SGDAT paper's optimizer recipes on one binary MLP (ours: no paper has this table)",
+            "",
+            "Binary MLP 784-256-256-10 (binary weights and activations, BatchNorm with affine), batch 256, the last "
+            "10,000 training images for validation. Each recipe keeps its published hyperparameters (tuned for "
+            "BinaryNet on CIFAR over 200 epochs); the budget here is much shorter.",
+            "",
+            markdown.to_markdown(comparison, 2) if len(comparison) else "(no run yet)",
+            "",
+            "## Binary-weight-space training on Digit (BWS): every hypermask x temperature scheduler",
+            "",
+            "BWS MLP 64-1024-1024-1024-10, no real-valued parameter, weights kept as sign bits between steps. "
+            "lr 10 (the temperature scale of the BWS README's only binary-space command); the real-space "
+            "baseline is latent SGD with the code's default lr 1e-3. The paper's Digit numbers are not retrievable.",
+            "",
+            markdown.to_markdown(bws, 2, integer_columns=("best_epoch", "epochs", "seed")) if len(bws) else "(no run yet)",
+            "",
+            "## BinSFO's MLP on MNIST (64 x 64): its four training algorithms",
+            "",
+            "MLP 4096-1024-1024-1024-10, no real-valued parameter, batch 256, the code's default lr 1e-3 (the "
+            "SGD paths times sqrt(256 / 96)); the test split is evaluated every epoch (the code has no validation "
+            "split), so the best epoch is chosen on it. The paper's MNIST numbers are not retrievable.",
+            "",
+            markdown.to_markdown(binsfo, 2, integer_columns=("best_epoch", "epochs", "seed")) if len(binsfo) else "(no run yet)",
+            ""]
+    return "\n".join(text)

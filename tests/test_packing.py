@@ -1,0 +1,78 @@
+"""1-bit storage of binary weights between optimizer steps (bnnrepro.nn.packing, spec D5)."""
+
+import torch
+import torch.nn.functional as F
+
+from bnnrepro.export import pack_signs as export_pack_signs
+from bnnrepro.models import ModelConfig, build_model
+from bnnrepro.nn.packing import PackedBinaryWeights, pack_signs, resident_bytes, unpack_signs
+from bnnrepro.optim.flip import FlipOptimizer
+
+
+def large_fcn():
+    torch.manual_seed(0)
+    return build_model(ModelConfig(arch="mlp", depth=4, hidden=128, bias=False), 1, 10, 28)
+
+
+def test_pack_by_hand():
+    w = torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0, 1.0, -1.0, -1.0, 1.0, 0.0, -0.0, -3.0])
+    # byte 0: bits 0,3,4,5 -> 1 + 8 + 16 + 32 = 57; byte 1: bits 0,1,2 (sign(0) = +1) -> 7, zero-padded
+    assert pack_signs(w).tolist() == [57, 7]
+    assert pack_signs(w).dtype == torch.uint8
+
+
+def test_round_trip_and_same_bytes_as_export():
+    gen = torch.Generator().manual_seed(0)
+    for shape in [(1,), (7,), (8,), (9,), (10, 13), (4, 5, 3, 3)]:
+        b = torch.randn(shape, generator=gen).sign()
+        packed = pack_signs(b)
+        assert packed.numel() == -(-b.numel() // 8)
+        assert torch.equal(unpack_signs(packed, b.shape), b)
+        assert torch.equal(packed, export_pack_signs(b))  # numpy.packbits(bitorder="little")
+
+
+def test_packed_model_holds_one_bit_per_weight():
+    model = large_fcn()
+    opt = FlipOptimizer(model.parameters(), lr=10.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    packed = PackedBinaryWeights(model.parameters())
+    packed.pack_()
+    assert sum(p.numel() * p.element_size() for p in model.parameters()) == 0  # no float weights left
+    assert sum(b.numel() * b.element_size() for b in packed.bits) == 134_400 // 8
+    report = resident_bytes(packed, opt)
+    assert report["weights"] == 134_400 and report["weight_bytes"] == 16_800
+    assert 1.0 < report["bits_per_weight"] < 1.01  # plus a few scalars per tensor (step, index, tau)
+    packed.unpack_()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    assert resident_bytes(packed)["weight_bytes"] == 4 * 134_400
+
+
+def test_packed_training_equals_unpacked_training():
+    x = torch.randn(32, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(32) % 10
+    results = []
+    for use_packing in (False, True):
+        model = large_fcn()
+        opt = FlipOptimizer(model.parameters(), lr=10.0, seed=3)
+        packed = PackedBinaryWeights(model.parameters())
+        if use_packing:
+            packed.pack_()
+        for _ in range(3):
+            with packed.unpacked() if use_packing else torch.enable_grad():
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+            if use_packing:
+                assert packed.is_packed and all(p.grad is None for p in model.parameters())
+        packed.unpack_()
+        results.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_channels_last_weights_come_back_channels_last():
+    w = torch.nn.Parameter(torch.randn(8, 3, 3, 3).sign().contiguous(memory_format=torch.channels_last))
+    packed = PackedBinaryWeights([w])
+    before = w.detach().clone()
+    packed.pack_()
+    packed.unpack_()
+    assert torch.equal(w, before) and w.is_contiguous(memory_format=torch.channels_last)
