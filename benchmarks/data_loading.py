@@ -10,6 +10,7 @@ per-sample ToTensor in a DataLoader, over the same 60,000 images, batch 50, shuf
 from __future__ import annotations
 
 import argparse
+import gzip
 import resource
 import tempfile
 import time
@@ -41,6 +42,33 @@ def batches_per_second(iterable, limit: int) -> float:
     return i / (time.perf_counter() - tic)
 
 
+def loader_rates(data, mirror: Path, batches: int) -> dict[str, float]:
+    """batches/s of BatchLoader over `data`'s in-memory MNIST training images and of torchvision's
+    MNIST (read from `mirror`'s official files) in a DataLoader with per-sample transforms; batch 50,
+    shuffled, with and without random flip/crop."""
+    ours = BatchLoader(data.train_images, data.train_labels, 50, max_value=255, shuffle=True, seed=0)
+    ours_aug = BatchLoader(data.train_images, data.train_labels, 50, max_value=255, shuffle=True, seed=0,
+                           augment=Augment(flip=True, crop_padding=4, pad_mode="replicate"))
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "MNIST" / "raw"
+        raw.mkdir(parents=True)
+        for f in (mirror / "mnist").glob("*.gz"):
+            (raw / f.stem).write_bytes(gzip.decompress(f.read_bytes()))
+        tv = datasets.MNIST(tmp, train=True, download=False, transform=transforms.ToTensor())
+        tv_aug = datasets.MNIST(tmp, train=True, download=False, transform=transforms.Compose([
+            transforms.RandomHorizontalFlip(), transforms.RandomCrop(28, padding=4, padding_mode="edge"),
+            transforms.ToTensor()]))
+        g = torch.Generator().manual_seed(0)
+        return {
+            "BatchLoader (in-memory)": batches_per_second(ours, batches),
+            "DataLoader (ToTensor per sample)": batches_per_second(
+                torch.utils.data.DataLoader(tv, batch_size=50, shuffle=True, generator=g), batches),
+            "BatchLoader + flip/crop": batches_per_second(ours_aug, batches),
+            "DataLoader + flip/crop per sample": batches_per_second(
+                torch.utils.data.DataLoader(tv_aug, batch_size=50, shuffle=True, generator=g), batches),
+        }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("data/prepared/mnist"))
@@ -56,28 +84,7 @@ def main() -> None:
           f"{peak0:.0f} -> {peak_rss_mib():.0f} MiB ({data.train_images.numel() + data.test_images.numel():,} "
           "uint8 pixels = 52 MiB)")
 
-    ours = BatchLoader(data.train_images, data.train_labels, 50, max_value=255, shuffle=True, seed=0)
-    ours_aug = BatchLoader(data.train_images, data.train_labels, 50, max_value=255, shuffle=True, seed=0,
-                           augment=Augment(flip=True, crop_padding=4, pad_mode="replicate"))
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "MNIST" / "raw"
-        raw.mkdir(parents=True)
-        for f in (args.mirror / "mnist").glob("*.gz"):
-            import gzip
-            (raw / f.stem).write_bytes(gzip.decompress(f.read_bytes()))
-        tv = datasets.MNIST(tmp, train=True, download=False, transform=transforms.ToTensor())
-        tv_aug = datasets.MNIST(tmp, train=True, download=False, transform=transforms.Compose([
-            transforms.RandomHorizontalFlip(), transforms.RandomCrop(28, padding=4, padding_mode="edge"),
-            transforms.ToTensor()]))
-        g = torch.Generator().manual_seed(0)
-        rates = {
-            "BatchLoader (in-memory)": batches_per_second(ours, args.batches),
-            "DataLoader (ToTensor per sample)": batches_per_second(
-                torch.utils.data.DataLoader(tv, batch_size=50, shuffle=True, generator=g), args.batches),
-            "BatchLoader + flip/crop": batches_per_second(ours_aug, args.batches),
-            "DataLoader + flip/crop per sample": batches_per_second(
-                torch.utils.data.DataLoader(tv_aug, batch_size=50, shuffle=True, generator=g), args.batches),
-        }
+    rates = loader_rates(data, args.mirror, args.batches)
     for name, rate in rates.items():
         print(f"{name:36s} {rate:9.1f} batches/s")
     names = list(rates)

@@ -52,9 +52,10 @@ def from_run(args):
     model, cfg, meta = load_model(args.run)
     history = pd.read_csv(args.history)
     result = meta["result"]
+    timing = json.loads((Path("runs/timing") / f"{args.run.name}.json").read_text())  # written by stages/train.py
     trained = {"epochs_trained": result["epochs"], "epochs_planned": result["epochs"],
                "best_epoch": result["best_epoch"], "best_val_top1": result["best_val_top1"],
-               "train_seconds": meta["timing"]["train_seconds"], "training_commit": meta["timing"]["commit"]}
+               "train_seconds": timing["train_seconds"], "training_commit": meta["environment"]["commit"]}
     return model, cfg, history, trained
 
 

@@ -39,6 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--models", type=Path, default=Path("models"))
     p.add_argument("--reports", type=Path, default=Path("reports/runs"))
     p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))
+    p.add_argument("--timing", type=Path, default=Path("runs/timing"), help="wall-clock seconds (not a DVC output)")
     p.add_argument("--recipe", help="optimizer recipe FILE:NAME applied to the config (e.g. "
                    "config/sgdat/optimizers.yml:sgdm)")
     p.add_argument("-o", "--override", action="append", default=[], help="section.key=value (repeatable)")
@@ -83,12 +84,15 @@ def main(argv=None) -> int:
                 "best_val_top1": round(result.best_val_top1, 2),
                 "test_top1": round(result.test["top1"], 2), "test_top5": round(result.test["top5"], 2),
                 "test_n": result.test["n"]}
-    timing = {"device": device_description(device), "train_seconds": round(result.train_seconds, 1),
-              "seconds_per_epoch": round(result.train_seconds / max(len(result.history), 1), 2),
-              "resumed_from_epoch": result.resumed_from_epoch, "threads": torch.get_num_threads(),
-              "processes": ranks.world,
-              "commit": commit, **environment(device)}
-    save_model(result.model, args.models / args.run, cfg, input_spec, "latent", {"result": run_info, "timing": timing})
+    run_env = {"device": device_description(device), "threads": torch.get_num_threads(), "processes": ranks.world,
+               "commit": commit, **environment(device)}
+    save_model(result.model, args.models / args.run, cfg, input_spec, "latent", {"result": run_info, "environment": run_env})
+    # wall-clock time differs run to run: it stays out of every DVC output (models/, reports/), so two
+    # runs give byte-identical outputs and dvc.lock, and goes to the untracked runs/timing/ instead
+    write_json(args.timing / f"{args.run}.json", {
+        **run_env, "train_seconds": round(result.train_seconds, 1), "resumed_from_epoch": result.resumed_from_epoch,
+        "seconds_per_epoch": round(result.train_seconds / max(len(result.history) - result.resumed_from_epoch, 1), 2),
+        "epoch_seconds": [row["epoch_seconds"] for row in result.history]})
     write_json(args.reports / args.run / "metrics.json", run_info)
     # wall-clock columns stay out of reports/ so that two runs give byte-identical reports
     history = pd.DataFrame(result.history).drop(columns=["epoch_seconds", "train_images_per_s"])
@@ -96,7 +100,7 @@ def main(argv=None) -> int:
     checkpoint = args.checkpoints / args.run / f"{cfg.digest()}.pt"
     checkpoint.unlink(missing_ok=True)  # finished: a later run must train afresh, not reuse this state
     print(f"{args.run}: test top-1 {run_info['test_top1']:.2f} % (best val {run_info['best_val_top1']:.2f} % "
-          f"at epoch {result.best_epoch}/{cfg.train.epochs}, profile {args.profile}, {timing['device']})")
+          f"at epoch {result.best_epoch}/{cfg.train.epochs}, profile {args.profile}, {run_env['device']})")
     return 0
 
 
