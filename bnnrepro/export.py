@@ -15,31 +15,20 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from bnnrepro.config import SECTIONS, ExperimentConfig, _build
+from bnnrepro.config import OPTIONAL_SECTIONS, SECTIONS, ExperimentConfig, _build
 from bnnrepro.io import atomic_write, write_json
 from bnnrepro.models import build_model
 from bnnrepro.nn.layers import quantized_layers
-from bnnrepro.nn.quantizers import TERNARY_WEIGHT_K, sign, ternarize
+from bnnrepro.nn.packing import pack_signs, unpack_signs
+from bnnrepro.nn.quantizers import TERNARY_WEIGHT_K, ternarize
 
 FORMATS = ("latent", "packed")
-
-
-def pack_signs(w: torch.Tensor) -> torch.Tensor:
-    bits = (sign(w) > 0).flatten().numpy()
-    return torch.from_numpy(np.packbits(bits, bitorder="little"))
-
-
-def unpack_signs(packed: torch.Tensor, shape: list[int]) -> torch.Tensor:
-    n = int(np.prod(shape))
-    bits = np.unpackbits(packed.numpy(), count=n, bitorder="little")
-    return torch.from_numpy(bits.astype(np.float32) * 2 - 1).reshape(shape)
 
 
 def _packed_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -79,7 +68,9 @@ def save_model(model: nn.Module, out_dir: str | os.PathLike, config: ExperimentC
 
 def config_from_dict(d: dict[str, Any]) -> ExperimentConfig:
     sections = {name: _build(cls, d[name], f"metadata.json: {name}") for name, cls in SECTIONS.items()}
-    top = {k: d[k] for k in ("name", "paper", "description", "reported", "profiles") if k in d}
+    sections.update({name: _build(cls, d[name], f"metadata.json: {name}")
+                     for name, cls in OPTIONAL_SECTIONS.items() if d.get(name) is not None})
+    top = {k: d[k] for k in ("name", "paper", "description", "reported", "profiles", "recipe") if k in d}
     return _build(ExperimentConfig, {**top, **sections}, "metadata.json")
 
 
@@ -101,7 +92,7 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu"
         raise RuntimeError(f"Cannot read '{weights_path}': {e}. The file is truncated or corrupted.") from e
     for key, enc in encodings.items():
         if enc["encoding"] == "sign_bits":
-            state[key] = unpack_signs(state[key], enc["shape"])
+            state[key] = unpack_signs(state[key], tuple(enc["shape"]))
         else:
             state[key] = state[key].float()
     dims = metadata["input"]
