@@ -242,10 +242,11 @@ def load_experiment(path: str | os.PathLike, overrides: dict[str, Any] | None = 
         profile_overrides.pop("skip", None)
         raw = apply_overrides(raw, profile_overrides, f"{path} (profile {profile})")
     raw = apply_overrides(raw, overrides or {}, f"{path} (command line)")
-    sections = {name: _build(cls, raw.get(name), f"{path}: {name}") for name, cls in SECTIONS.items()}
-    sections.update({name: _build(cls, raw[name], f"{path}: {name}")
+    where = f"{path} (recipe {recipe})" if recipe is not None else str(path)  # a bad key may come from either
+    sections = {name: _build(cls, raw.get(name), f"{where}: {name}") for name, cls in SECTIONS.items()}
+    sections.update({name: _build(cls, raw[name], f"{where}: {name}")
                      for name, cls in OPTIONAL_SECTIONS.items() if raw.get(name) is not None})
-    _check_values(sections, path)
+    _check_values(sections, where)
     if recipe is not None:  # the paper's numbers for this recipe on this dataset (none: our own experiment)
         raw["reported"] = chosen["reported"].get(sections["data"].dataset, {})
     top = {k: raw[k] for k in ("paper", "description", "reported", "profiles", "recipe") if k in raw}
@@ -274,7 +275,7 @@ NON_NEGATIVE = ("data.val_size", "data.crop_padding", "data.resize", "optim.mome
                 "optim.lr_cosine_epochs", "optim.lr_batch_reference")
 
 
-def _check_values(sections: dict[str, Any], path: Path) -> None:
+def _check_values(sections: dict[str, Any], path: Path | str) -> None:
     """Names must be registered and sizes in range; the error names the file, the key and what is allowed."""
     from bnnrepro.optim import check_optimizer_args
 

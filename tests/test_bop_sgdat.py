@@ -295,3 +295,27 @@ def test_constructor_args_are_simple_keywords_with_defaults(cls):
 def test_bad_arguments_raise(make, match):
     with pytest.raises(ValueError, match=match):
         make([torch.nn.Parameter(torch.ones(2))])
+
+
+@pytest.mark.parametrize("tensor_dead_zone", [False, True])
+def test_hysteresis_sign_equals_its_definition_on_random_and_boundary_values(tensor_dead_zone):
+    """The one-product test (a b + dead zone < 0) against the rule as written:
+    b <- sgn(a) where |a| > dead zone, else b; including |a| exactly at the dead zone, a = 0 and -0.0."""
+    from bnnrepro.nn.quantizers import sign
+    from bnnrepro.optim.sgdat import hysteresis_sign_
+
+    g = torch.Generator().manual_seed(0)
+    n = 10_000
+    b = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+    dead_zone = torch.rand(n, generator=g) * 0.1 if tensor_dead_zone else 0.05
+    a = torch.randn(n, generator=g) * 0.1
+    dz = dead_zone if tensor_dead_zone else torch.full((n,), dead_zone)
+    a[:100] = dz[:100] * torch.sign(torch.randn(100, generator=g))  # exactly on the boundary: inside, no change
+    a[100:110] = 0.0
+    a[110:120] = -0.0
+    before = b.clone()
+    expected = torch.where(a.abs() > dz, sign(a), b)
+    changed = hysteresis_sign_(b, a, dead_zone)
+    assert torch.equal(b, expected)
+    assert torch.equal(changed, expected != before)
+    assert 0 < int(changed.sum()) < n and not changed[:120].any()

@@ -189,3 +189,33 @@ def test_unknown_names_list_the_allowed_values(key, value):
 def test_out_of_range_values(key, value):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_experiment(MNIST, {key: value})
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "config" / "sgdat" / "optimizers.yml"
+MLP = Path(__file__).resolve().parents[1] / "config" / "compare" / "binary_mlp.yml"
+
+
+def test_recipe_applies_its_overrides_and_label():
+    cfg = load_experiment(MLP, recipe=f"{RECIPES}:bop")
+    assert cfg.optim.name == "bop" and cfg.recipe == "Bop"  # the recipe's label
+
+
+@pytest.mark.parametrize("body,spec_name,word", [
+    (None, "no_such_recipe", "no recipe 'no_such_recipe'"),          # a name the file does not have
+    ("fast: {overides: {optim.lr: 0.1}}\n", "fast", "overides"),       # a mistyped recipe key
+    ("fast: {overrides: {optim.lrr: 0.1}}\n", "fast", "lrr"),          # a mistyped config key inside it
+    ("fast: [1, 2]\n", "fast", "not a mapping"),
+])
+def test_bad_recipes_name_the_file_and_the_key(tmp_path, body, spec_name, word):
+    file = RECIPES
+    if body is not None:
+        file = tmp_path / "recipes.yml"
+        file.write_text(body)
+    with pytest.raises(ConfigError, match=word) as info:
+        load_experiment(MNIST, recipe=f"{file}:{spec_name}")
+    assert file.name in str(info.value)
+
+
+def test_recipe_spec_without_a_name_is_an_error():
+    with pytest.raises(ConfigError, match="FILE:NAME"):
+        load_experiment(MNIST, recipe=str(RECIPES))

@@ -4,6 +4,12 @@ Counted two ways for each method on a model: from the method's formula (bits per
 3.1 of the flip-optimizer spec) and from the live tensors after one real training step through the
 training loop's own pieces (build_optimizers, PackedBinaryWeights): bytes of every parameter (or of its
 sign bits, when packed) plus every tensor in the optimizers' state, plus the module buffers.
+
+Beside the persistent state, the peak of one training step (weights, gradients, optimizer state,
+activations and temporaries all live at once) is measured with torch's MemTracker, which follows every
+tensor storage the step allocates and frees. That is the quantity `torch.cuda.max_memory_allocated`
+reports on a GPU, measured the same way on any device, and it is deterministic: it counts tensor bytes,
+not what the allocator or the process happens to hold.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from torch.distributed._tools.mem_tracker import MemTracker
 
 from bnnrepro.config import ExperimentConfig, OptimConfig
 from bnnrepro.nn.packing import PackedBinaryWeights
@@ -82,3 +89,30 @@ def measured_state_bytes(model: nn.Module, cfg: ExperimentConfig, input_shape: t
     if packed:
         packed.unpack_()
     return state
+
+
+def peak_step_bytes(model: nn.Module, cfg: ExperimentConfig, input_shape: tuple[int, ...], batch_size: int) -> int:
+    """Peak bytes of live tensors during one training step at `batch_size`, the optimizer state already
+    created by a first step; with packed weights they are unpacked for the step, as in the training loop."""
+    optimizers = build_optimizers(cfg, model)
+    x = torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
+    model.train()
+
+    def step():
+        optimizers.zero_grad()
+        model(x).square().mean().backward()
+        optimizers.step()
+
+    step()
+    packed = PackedBinaryWeights(split_parameters(model)[0]) if cfg.train.pack_weights else None
+    if packed:
+        packed.pack_()
+    tracker = MemTracker()
+    tracker.track_external(model, *(regime.optimizer for regime in optimizers.regimes))
+    with tracker:
+        if packed:
+            with packed.unpacked():
+                step()
+        else:
+            step()
+    return sum(per_device["Total"] for per_device in tracker.get_tracker_snapshot("peak").values())

@@ -88,19 +88,27 @@ def evaluate(model: nn.Module, loader: BatchLoader) -> dict[str, float]:
 
 class FlipCounter:
     """Counts sign changes of the quantized weights, step by step (a latent weight that crosses zero
-    and a binary weight that flips both count). Cheap: one sign-bit snapshot per step."""
+    and a binary weight that flips both count). Cheap: one sign-bit snapshot per weight and step; the
+    snapshot after a step is the one before the next (nothing else writes the weights in between).
+    With `keep_snapshot=False` the snapshot is dropped after each step (two per step then): packed
+    1-bit training keeps nothing of 8 bits per weight between steps."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, keep_snapshot: bool = True):
         self.weights = [layer.weight for layer in quantized_layers(model)]
+        self.keep_snapshot = keep_snapshot
+        self.signs = None
         self.count = None
 
     def before_step(self) -> None:
-        self.signs = [w.detach().signbit() for w in self.weights]
+        if self.signs is None:
+            self.signs = [w.detach().signbit() for w in self.weights]
 
     def after_step(self) -> None:
-        for w, s in zip(self.weights, self.signs):
-            changed = (w.detach().signbit() != s).sum()
+        signs = [w.detach().signbit() for w in self.weights]
+        for new, old in zip(signs, self.signs):
+            changed = torch.count_nonzero(new != old)  # far faster than a bool sum()
             self.count = changed if self.count is None else self.count + changed
+        self.signs = signs if self.keep_snapshot else None
 
     def total(self) -> int:
         return 0 if self.count is None else int(self.count.item())
@@ -111,7 +119,7 @@ def train_one_epoch(model, loader, optimizer: TrainingOptimizers, cfg: Experimen
     """One pass over the training batches. `net` is what the steps call (DDP around `model` when
     training on several processes; see distributed.py), and each rank takes its rows of every batch."""
     model.train()
-    flips = FlipCounter(model)
+    flips = FlipCounter(model, keep_snapshot=not cfg.train.pack_weights)
     # with train.pack_weights the binary weights are sign bits between steps (1 bit each, measurable);
     # the epoch ends unpacked, so evaluation and checkpoints see ordinary float weights
     packed = PackedBinaryWeights(flips.weights) if cfg.train.pack_weights else None

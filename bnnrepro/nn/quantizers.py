@@ -15,6 +15,8 @@ which only matters for bit parity at exact zeros).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 ESTIMATORS = ("vanilla", "bnn", "bireal", "swish")
@@ -31,8 +33,15 @@ def sign(x: torch.Tensor) -> torch.Tensor:
     copysign(1, x + 0.0): adding +0.0 turns -0.0 into +0.0, so both zeros give +1. It is several
     times faster on the CPU than torch.where(x >= 0, 1, -1). Writing into empty_like(x) keeps x's
     exact strides (channels_last weights stay channels_last, which keeps the CPU kernels fast)."""
-    one = torch.ones((), dtype=x.dtype, device=x.device)
-    return torch.copysign(one, x + 0.0, out=torch.empty_like(x))
+    return torch.copysign(_one(x.dtype, x.device), x + 0.0, out=torch.empty_like(x))
+
+
+@functools.cache
+def _one(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A 0-dim 1 per dtype and device, made once (a new one per call costs a kernel launch each);
+    never an inference tensor, whatever mode the first call comes from."""
+    with torch.inference_mode(False):
+        return torch.ones((), dtype=dtype, device=device)
 
 
 def ternarize(x: torch.Tensor, k: float) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""The loop every per-weight optimizer shares: closure, then one update per parameter with a gradient."""
+"""The loop every per-weight optimizer shares (closure, then one update per parameter with a gradient),
+and the in-place sign flip of the optimizers that own binary weights."""
 
 from __future__ import annotations
 
@@ -23,3 +24,9 @@ class PerParameterOptimizer(Optimizer):
 
     def update(self, p: torch.Tensor, state: dict, group: dict) -> None:
         raise NotImplementedError
+
+
+def flip_where_(b: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """b <- -b where flip, in place, for b holding exactly +-1 (two kernels, exact). Returns flip."""
+    b.mul_(torch.where(flip, -1.0, 1.0))
+    return flip

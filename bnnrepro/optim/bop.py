@@ -14,8 +14,9 @@ other sign).
         r = m / (sqrt(v) + eps)
         b <- -b  where  b * r > tau
 
-gamma is the optimizer's `lr`, so torch's lr schedulers drive it. b is the sign of the parameter
-(a real-valued initial weight works too); every step writes exactly +-1 back.
+gamma is the optimizer's `lr`, so torch's lr schedulers drive it. The first step sets the parameter
+to its sign (a real-valued initial weight works too); from then on it holds exactly +-1 and is b
+itself, so a step is a handful of element-wise kernels.
 
 Options for the codes being reproduced (all off by default):
   - Bop(m_init="minus_weights"): m starts at minus the parameter's value at the first step. BinSFO
@@ -34,17 +35,9 @@ from __future__ import annotations
 import torch
 
 from bnnrepro.nn.quantizers import sign
-from bnnrepro.optim.base import PerParameterOptimizer
+from bnnrepro.optim.base import PerParameterOptimizer, flip_where_
 
 M_INITS = ("zero", "minus_weights")
-
-
-def _flip_(p: torch.Tensor, b: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-    """p <- sgn(-b where flip, else b), exactly +-1. Returns how many weights changed sign."""
-    old = sign(p)
-    new = sign(torch.where(flip, -b, b))
-    p.copy_(new)
-    return (new != old).sum()
 
 
 class Bop(PerParameterOptimizer):
@@ -61,9 +54,10 @@ class Bop(PerParameterOptimizer):
         if not state:
             state["m"] = -p.detach().clone() if group["m_init"] == "minus_weights" else torch.zeros_like(p)
             state["flips"] = torch.zeros((), dtype=torch.float32)  # float: survives load_state_dict's cast
-        m, b = state["m"], sign(p)
+            p.copy_(sign(p))
+        m = state["m"]
         m.mul_(1 - group["lr"]).add_(p.grad, alpha=group["lr"])
-        state["flips"] += _flip_(p, b, b * m > group["threshold"])
+        state["flips"] += torch.count_nonzero(flip_where_(p, torch.mul(p, m) > group["threshold"]))
 
     def reset_epoch_state(self) -> None:
         """Nothing to forget: the SGDAT code keeps m on the tensor across its per-epoch rebuilds."""
@@ -85,20 +79,23 @@ class Bop2ndOrder(PerParameterOptimizer):
             state["step"] = torch.zeros((), dtype=torch.float32)
             state["m"], state["v"] = torch.zeros_like(p), torch.zeros_like(p)
             state["flips"] = torch.zeros((), dtype=torch.float32)
+            p.copy_(sign(p))
         state["step"] += 1
+        t = state["step"].item()
         m, v, g = state["m"], state["v"], p.grad
-        m.add_(g - m, alpha=gamma)
-        v.add_(g * g - v, alpha=sigma)
+        m.lerp_(g, gamma)  # m + gamma (g - m)
+        v.lerp_(g * g, sigma)
         if group["bias_correction"]:
-            t = state["step"].item()
             m_hat, v_hat = m / (1 - (1 - gamma) ** t), v / (1 - (1 - sigma) ** t)
         else:
             m_hat, v_hat = m, v
-        b = sign(p)
-        if group["zero_latent_first_step"] and state["step"].item() == 1:
-            b = torch.zeros_like(p)  # the SGDAT code's zero latent copy: b r = 0 flips nothing, sgn(0) = +1
+        if group["zero_latent_first_step"] and t == 1:
+            # the SGDAT code's zero latent copy: b r = 0 flips nothing and sgn(0) = +1, so all become +1
+            state["flips"] += torch.count_nonzero(p < 0)
+            p.fill_(1.0)
+            return
         r = m_hat / (v_hat.sqrt() + group["eps"])
-        state["flips"] += _flip_(p, b, b * r > group["threshold"])
+        state["flips"] += torch.count_nonzero(flip_where_(p, torch.mul(p, r) > group["threshold"]))
 
     def reset_epoch_state(self) -> None:
         """Nothing to forget: the SGDAT code keeps m and v on the tensors across its per-epoch rebuilds

@@ -46,7 +46,7 @@ import math
 import torch
 
 from bnnrepro.nn.quantizers import sign
-from bnnrepro.optim.base import PerParameterOptimizer
+from bnnrepro.optim.base import PerParameterOptimizer, flip_where_
 
 MASKS = ("emp", "mmp", "rand")
 MASK_ALIASES = {"ewm": "emp", "wpm": "mmp"}  # BinSFO's names for the same formulas (spec 2.2)
@@ -115,13 +115,18 @@ class FlipOptimizer(PerParameterOptimizer):
         self._advance_schedule(state, group, g)
         flip_prob = hypermask(group["mask"], g, p, tau)
         u = torch.rand(p.shape, generator=_generator(group["seed"], state, p.device), device=p.device)
-        p.copy_(torch.where(u < flip_prob, sign(-g), p))
+        if group["mask"] == "rand":  # any weight may be drawn: it takes the descent sign, whatever it was
+            p.copy_(torch.where(u < flip_prob, sign(-g), p))
+        else:  # emp and mmp give p > 0 only where the descent sign is -b, so a drawn weight flips
+            flip_where_(p, u < flip_prob)
         state["step"] += 1
 
     @staticmethod
     def _advance_schedule(state: dict, group: dict, g: torch.Tensor) -> None:
-        s = g.std() if g.numel() > 1 else g.new_zeros(())  # the spread of this step's latent moves
         eta, scheduler = group["lr"], group["scheduler"]
+        if scheduler in ("const", "cosine"):
+            return
+        s = g.std() if g.numel() > 1 else g.new_zeros(())  # the spread of this step's latent moves
         if scheduler == "gaussian_bws":
             tau = state["tau"]
             state["tau"] = tau / (1 + 2 * tau ** 2 * s ** 2)
@@ -140,13 +145,16 @@ def _generator(seed: int, state: dict, device: torch.device) -> torch.Generator:
 
 
 def hypermask(mask: str, g: torch.Tensor, b: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:
-    """Flip probability of every weight, in [0, 1]."""
+    """Flip probability of every weight, in [0, 1], for b holding exactly +-1.
+
+    A step would move the latent weight towards the other sign where b g > 0, and there b g = |g|
+    exactly; so relu(b g) is |g| where a flip may happen and 0 (probability erf(0) = 0) elsewhere."""
     if mask == "rand":
         return (torch.zeros_like(g) + tau).clamp_(0, 1)
-    descent_flips = b * g > 0  # a step would move the latent weight towards the other sign
+    descent = torch.mul(b, g)
     if mask == "emp":
-        return torch.erf(tau * g.abs()) * descent_flips
-    return ((g.abs() >= ERFINV_HALF / tau) & descent_flips).to(g.dtype)  # mmp
+        return descent.clamp_(min=0).mul_(tau).erf_()
+    return (descent >= ERFINV_HALF / tau).to(g.dtype)  # mmp: the threshold is > 0, so b g > 0 there
 
 
 def _check_group(group: dict) -> None:

@@ -33,20 +33,24 @@ from __future__ import annotations
 import torch
 
 from bnnrepro.nn.quantizers import sign
-from bnnrepro.optim.base import PerParameterOptimizer
+from bnnrepro.optim.base import PerParameterOptimizer, flip_where_
 
 LATENT_INITS = ("zero", "weights")
 
 
 def hysteresis_sign_(b: torch.Tensor, a: torch.Tensor, dead_zone: float | torch.Tensor) -> torch.Tensor:
-    """b <- sgn(a) where |a| > dead_zone, else sgn(b); in place. Returns where b changed sign.
+    """b <- sgn(a) where |a| > dead_zone, else b keeps its sign; in place, for b holding exactly +-1.
+    Returns where b changed sign.
 
     A weight whose accumulator sits inside the dead zone keeps the sign it has, so a weight near zero
-    does not flip back and forth with every small step (the boundary itself is inside: strict >)."""
-    old = sign(b)
-    new = torch.where(a.abs() > dead_zone, sign(a), old)
-    b.copy_(new)
-    return new != old
+    does not flip back and forth with every small step (the boundary itself is inside: strict >).
+    Since b = +-1, a b = -|a| exactly where the signs differ, so one test decides both conditions:
+    flip where a b + dead_zone < 0 (IEEE subtraction keeps the sign of the exact difference)."""
+    if isinstance(dead_zone, torch.Tensor):
+        flipped = torch.addcmul(dead_zone, a, b) < 0
+    else:
+        flipped = torch.mul(a, b) < -dead_zone
+    return flip_where_(b, flipped)
 
 
 class SGDT(PerParameterOptimizer):
@@ -68,9 +72,10 @@ class SGDT(PerParameterOptimizer):
         if not state:
             state["latent"] = p.detach().clone() if group["latent_init"] == "weights" else torch.zeros_like(p)
             state["flips"] = torch.zeros((), dtype=torch.float32)  # float: survives load_state_dict's cast
+            p.copy_(sign(p))  # b: exactly +-1 from here on
         w = state["latent"]
         w.add_(p.grad, alpha=-group["lr"]).clamp_(-1, 1)
-        state["flips"] += hysteresis_sign_(p, w, group["threshold"]).sum()
+        state["flips"] += torch.count_nonzero(hysteresis_sign_(p, w, group["threshold"]))
 
     def reset_epoch_state(self) -> None:
         """Nothing to forget: the public code rebuilds a torch SGD without momentum, which has no state,
@@ -93,19 +98,20 @@ class SGDAT(PerParameterOptimizer):
             state["m"] = torch.zeros_like(p)
             state["flip_count"] = torch.zeros_like(p)  # float: survives load_state_dict's dtype cast
             state["flips"] = torch.zeros((), dtype=torch.float32)
+            p.copy_(sign(p))  # b: exactly +-1 from here on
         g = p.grad
         # decay pulls towards zero from the current binary weight (the public code uses its latent copy,
         # which equals b after the first step)
-        d = g + group["weight_decay"] * sign(p) if group["weight_decay"] else g
+        d = g + group["weight_decay"] * p if group["weight_decay"] else g
         if group["momentum"]:
             u = state.setdefault("momentum_buffer", torch.zeros_like(p))
             u.mul_(group["momentum"]).add_(g, alpha=1 - group["dampening"])
             d = d + group["momentum"] * u if group["nesterov"] else u
         m, k = state["m"], state["flip_count"]
         m.add_(d, alpha=-group["lr"])
-        flipped = hysteresis_sign_(p, m, group["threshold"] * k)
-        k.add_(flipped.to(k.dtype))
-        state["flips"] += flipped.sum()
+        flipped = hysteresis_sign_(p, m, k * group["threshold"])
+        k.add_(flipped)
+        state["flips"] += torch.count_nonzero(flipped)
 
     def reset_epoch_state(self) -> None:
         """Forget flip counts and momentum, keep the accumulators m (the public code's per-epoch rebuild)."""

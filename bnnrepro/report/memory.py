@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from bnnrepro.analysis.profile import profile_model
-from bnnrepro.analysis.training_state import METHODS, measured_state_bytes, method_config
+from bnnrepro.analysis.training_state import METHODS, measured_state_bytes, method_config, peak_step_bytes
 from bnnrepro.config import ExperimentConfig
 from bnnrepro.data.sources import get_source
 from bnnrepro.export import load_model
@@ -66,14 +66,19 @@ def training_state_table(name: str, cfg: ExperimentConfig) -> pd.DataFrame:
         model, shape = build(cfg)
         n_binary = sum(p.params_1bit for p in profile_model(model, shape))
         has_fp_params = len(split_parameters(model)[1]) > 0
-        state = measured_state_bytes(model, method_config(cfg, method, has_fp_params), shape)
+        method_cfg = method_config(cfg, method, has_fp_params)
+        state = measured_state_bytes(model, method_cfg, shape)
+        model, shape = build(cfg)
+        peak = peak_step_bytes(model, method_cfg, shape, cfg.data.batch_size)
         rows.append({"model": name, "method": label, "formula": method.formula,
                      "formula_bits_per_binary_weight": method.formula_bits,
                      "measured_bits_per_binary_weight": 8 * state["binary"] / n_binary,
-                     "measured_state_kib": (state["binary"] + state["other"] + state["buffers"]) / KIB})
+                     "measured_state_kib": (state["binary"] + state["other"] + state["buffers"]) / KIB,
+                     "peak_step_batch": cfg.data.batch_size, "peak_step_kib": peak / KIB})
     table = pd.DataFrame(rows)
-    adam = table.loc[table["method"] == "latent Adam", "measured_state_kib"].item()
-    table["relative_to_latent_adam"] = table["measured_state_kib"] / adam
+    adam = table.loc[table["method"] == "latent Adam"].iloc[0]
+    table["relative_to_latent_adam"] = table["measured_state_kib"] / adam["measured_state_kib"]
+    table["peak_relative_to_latent_adam"] = table["peak_step_kib"] / adam["peak_step_kib"]
     return table
 
 
@@ -83,6 +88,7 @@ def claims(states: pd.DataFrame) -> str:
     for model, t in states.groupby("model", sort=False):
         bits = t.set_index("method")["measured_bits_per_binary_weight"]
         kib = t.set_index("method")["measured_state_kib"]
+        peak, peak_batch = t.set_index("method")["peak_step_kib"], t.set_index("method")["peak_step_batch"]
         packed, floats = "flip (BWS/BinSFO), packed weights", "flip (BWS/BinSFO), float +-1 weights"
         lines.append(
             f"- **{model}**: per binary weight, latent SGD keeps {bits['latent SGD']:.2f} bits and the flip "
@@ -93,7 +99,10 @@ def claims(states: pd.DataFrame) -> str:
             f"parameter, optimizer state and BatchNorm buffer): packed flip {kib[packed]:.1f} KiB against "
             f"{kib['latent Adam']:.1f} KiB for latent Adam ({100 * (1 - kib[packed] / kib['latent Adam']):.1f} % smaller) "
             f"and {kib['latent SGD']:.1f} KiB for latent SGD ({100 * (1 - kib[packed] / kib['latent SGD']):.1f} % "
-            f"smaller); BinSFO claims \"70.7 % smaller\" without saying what it counts (spec 2.6, D9).")
+            f"smaller); BinSFO claims \"70.7 % smaller\" without saying what it counts (spec 2.6, D9). The peak of "
+            f"a training step at batch {int(peak_batch[packed])}, activations and gradients included: packed flip "
+            f"{peak[packed]:.1f} KiB against {peak['latent Adam']:.1f} KiB for latent Adam "
+            f"({100 * (1 - peak[packed] / peak['latent Adam']):.1f} % smaller).")
     return "\n".join(lines)
 
 
@@ -116,8 +125,12 @@ def to_markdown(models: pd.DataFrame, sizes: pd.DataFrame, states: pd.DataFrame)
         "optimizer state tensor + BatchNorm buffers, whole model). Binary-weight methods train the full-precision "
         "parameters with Adam. Our Bop, SGDT, SGDAT and unpacked flip keep their binary weights as float +-1 "
         "tensors (32 bits), as the public codes do; only `train.pack_weights` stores them as bits between steps. "
-        "Peak memory during a step (activations, gradients) varies between runs and is measured in `benchmarks/`.\n",
-        markdown.to_markdown(states, 2, integer_columns=("formula_bits_per_binary_weight",)),
+        "`peak_step_kib` is the peak of one training step at the config's batch size (`peak_step_batch`): every "
+        "live tensor at once, i.e. weights, gradients, optimizer state, activations and temporaries, measured "
+        "with torch's MemTracker (`torch.distributed._tools.mem_tracker`), which follows each tensor storage "
+        "the step allocates and frees. It is what `torch.cuda.max_memory_allocated` counts on a GPU, measured "
+        "here on the CPU, and does not include the allocator's cache or the Python process.\n",
+        markdown.to_markdown(states, 2, integer_columns=("formula_bits_per_binary_weight", "peak_step_batch")),
         "\n\n### The papers' memory claims under this measurement\n",
         claims(states),
     ]

@@ -83,18 +83,23 @@ def plot_reproduced_vs_reported(table: pd.DataFrame, out: Path) -> None:
 
 
 def plot_training_state(states: pd.DataFrame, out: Path) -> None:
-    """Persistent training state of every method, relative to latent Adam, one bar group per model."""
+    """Persistent training state (left) and the peak of one training step (right) of every method,
+    relative to latent Adam, one bar group per model."""
     models = list(dict.fromkeys(states["model"]))
     methods = list(dict.fromkeys(states["method"]))
-    fig, ax = plt.subplots(figsize=(11, 4.5))
+    panels = [("relative_to_latent_adam", "log", "Persistent state between steps (live tensors)"),
+              ("peak_relative_to_latent_adam", "linear", "Peak of one training step (MemTracker)")]
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5), sharex=True)
     width = 0.8 / len(models)
-    for i, model in enumerate(models):
-        rows = states[states["model"] == model].set_index("method").reindex(methods)
-        ax.bar([x + i * width for x in range(len(methods))], rows["relative_to_latent_adam"], width=width, label=model)
-    ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(methods))])
-    ax.set_xticklabels(methods, rotation=30, ha="right", fontsize=8)
-    ax.set(yscale="log", ylabel="training state / latent Adam's (log)",
-           title="Persistent training state per algorithm (live tensors after one step)")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    for ax, (column, scale, title) in zip(axes, panels):
+        for i, model in enumerate(models):
+            rows = states[states["model"] == model].set_index("method").reindex(methods)
+            ax.bar([x + i * width for x in range(len(methods))], rows[column], width=width, label=model)
+        ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(methods))])
+        ax.set_xticklabels(methods, rotation=35, ha="right", fontsize=8)
+        ax.set(yscale=scale, ylabel=f"relative to latent Adam{' (log)' if scale == 'log' else ''}", title=title)
+        ax.axhline(1.0, color="black", linewidth=0.6)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
     save(fig, out)
