@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from bnnrepro.analysis.profile import profile_model, value_bits
-from bnnrepro.analysis.training_state import METHODS, measured_state_bytes, method_config
+from bnnrepro.analysis.training_state import METHODS, measure_training_memory, method_config
 from bnnrepro.config import load_experiment
 from bnnrepro.models import build_model
 from bnnrepro.nn.layers import quantized_layers
@@ -69,7 +69,7 @@ def test_live_training_state_matches_the_methods():
     cfg = load_experiment(CONFIGS / "binary_mnist.yml")
     for label, method in METHODS.items():
         model, _ = lenet()
-        state = measured_state_bytes(model, method_config(cfg, method, has_fp_params=True), (1, 28, 28))
+        state = measure_training_memory(model, method_config(cfg, method, has_fp_params=True), (1, 28, 28), 4)
         if method.pack_weights:  # sign bits, 8 per byte, per tensor (+ Bop's fp32 momentum)
             expected = sum(-(-layer.weight.numel() // 8) for layer in quantized_layers(model))
             expected += 4 * binary_weights if label.startswith("Bop") else 0
@@ -83,7 +83,7 @@ def test_packed_flip_state_is_about_one_bit_per_weight():
     cfg = load_experiment(CONFIGS / "binary_mnist.yml")
     model, _ = lenet()
     packed = METHODS["flip (BWS/BinSFO), packed weights"]
-    state = measured_state_bytes(model, method_config(cfg, packed, has_fp_params=True), (1, 28, 28))
+    state = measure_training_memory(model, method_config(cfg, packed, has_fp_params=True), (1, 28, 28), 4)
     assert 8 * state["binary"] / 876_320 < 1.01
 
 

@@ -14,6 +14,7 @@ not what the allocator or the process happens to hold.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 
@@ -64,36 +65,12 @@ def tensor_bytes(values) -> int:
                if torch.is_tensor(v) or isinstance(v, (int, float)))
 
 
-def measured_state_bytes(model: nn.Module, cfg: ExperimentConfig, input_shape: tuple[int, ...]) -> dict[str, int]:
-    """Bytes held after one training step: the binary weights with their optimizer state, the other
-    parameters with theirs, and the module buffers (BatchNorm statistics)."""
-    optimizers = build_optimizers(cfg, model)
-    x = torch.randn(4, *input_shape, generator=torch.Generator().manual_seed(0))
-    model.train()
-    model(x).square().mean().backward()
-    optimizers.step()
-    binary, _ = split_parameters(model)
-    packed = PackedBinaryWeights(binary) if cfg.train.pack_weights else None
-    if packed:
-        packed.pack_()
-    binary_ids = {id(p) for p in binary}
-    states = {}
-    for regime in optimizers.regimes:
-        states.update(regime.optimizer.state)
-    state = {"binary": packed.weight_bytes() if packed else 0, "other": 0}
-    for p in model.parameters():
-        key = "binary" if id(p) in binary_ids else "other"
-        weight = 0 if packed and key == "binary" else tensor_bytes([p])
-        state[key] += weight + tensor_bytes(states.get(p, {}).values())
-    state["buffers"] = tensor_bytes(model.buffers())
-    if packed:
-        packed.unpack_()
-    return state
-
-
-def peak_step_bytes(model: nn.Module, cfg: ExperimentConfig, input_shape: tuple[int, ...], batch_size: int) -> int:
-    """Peak bytes of live tensors during one training step at `batch_size`, the optimizer state already
-    created by a first step; with packed weights they are unpacked for the step, as in the training loop."""
+def measure_training_memory(model: nn.Module, cfg: ExperimentConfig, input_shape: tuple[int, ...],
+                            batch_size: int) -> dict[str, int]:
+    """Two training steps at `batch_size`. After the first (which creates the optimizer state): bytes
+    held between steps, i.e. the binary weights with their optimizer state, the other parameters with
+    theirs, and the module buffers (BatchNorm statistics). During the second: the peak bytes of live
+    tensors, with packed weights unpacked for the step as in the training loop."""
     optimizers = build_optimizers(cfg, model)
     x = torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
     model.train()
@@ -104,15 +81,26 @@ def peak_step_bytes(model: nn.Module, cfg: ExperimentConfig, input_shape: tuple[
         optimizers.step()
 
     step()
-    packed = PackedBinaryWeights(split_parameters(model)[0]) if cfg.train.pack_weights else None
+    binary, _ = split_parameters(model)
+    packed = PackedBinaryWeights(binary) if cfg.train.pack_weights else None
     if packed:
         packed.pack_()
+    binary_ids = {id(p) for p in binary}
+    states = {}
+    for regime in optimizers.regimes:
+        states.update(regime.optimizer.state)
+    memory = {"binary": packed.weight_bytes() if packed else 0, "other": 0}
+    for p in model.parameters():
+        key = "binary" if id(p) in binary_ids else "other"
+        weight = 0 if packed and key == "binary" else tensor_bytes([p])
+        memory[key] += weight + tensor_bytes(states.get(p, {}).values())
+    memory["buffers"] = tensor_bytes(model.buffers())
+
     tracker = MemTracker()
     tracker.track_external(model, *(regime.optimizer for regime in optimizers.regimes))
-    with tracker:
-        if packed:
-            with packed.unpacked():
-                step()
-        else:
-            step()
-    return sum(per_device["Total"] for per_device in tracker.get_tracker_snapshot("peak").values())
+    with tracker, packed.unpacked() if packed else contextlib.nullcontext():
+        step()
+    if packed:  # the model leaves as it came: float weights
+        packed.unpack_()
+    memory["peak_step"] = sum(per_device["Total"] for per_device in tracker.get_tracker_snapshot("peak").values())
+    return memory

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from bnnrepro.analysis.profile import profile_model
-from bnnrepro.analysis.training_state import METHODS, measured_state_bytes, method_config, peak_step_bytes
+from bnnrepro.analysis.training_state import METHODS, measure_training_memory, method_config
 from bnnrepro.config import ExperimentConfig
 from bnnrepro.data.sources import get_source
 from bnnrepro.export import load_model
@@ -66,15 +66,12 @@ def training_state_table(name: str, cfg: ExperimentConfig) -> pd.DataFrame:
         model, shape = build(cfg)
         n_binary = sum(p.params_1bit for p in profile_model(model, shape))
         has_fp_params = len(split_parameters(model)[1]) > 0
-        method_cfg = method_config(cfg, method, has_fp_params)
-        state = measured_state_bytes(model, method_cfg, shape)
-        model, shape = build(cfg)
-        peak = peak_step_bytes(model, method_cfg, shape, cfg.data.batch_size)
+        state = measure_training_memory(model, method_config(cfg, method, has_fp_params), shape, cfg.data.batch_size)
         rows.append({"model": name, "method": label, "formula": method.formula,
                      "formula_bits_per_binary_weight": method.formula_bits,
                      "measured_bits_per_binary_weight": 8 * state["binary"] / n_binary,
                      "measured_state_kib": (state["binary"] + state["other"] + state["buffers"]) / KIB,
-                     "peak_step_batch": cfg.data.batch_size, "peak_step_kib": peak / KIB})
+                     "peak_step_batch": cfg.data.batch_size, "peak_step_kib": state["peak_step"] / KIB})
     table = pd.DataFrame(rows)
     adam = table.loc[table["method"] == "latent Adam"].iloc[0]
     table["relative_to_latent_adam"] = table["measured_state_kib"] / adam["measured_state_kib"]
