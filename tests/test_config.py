@@ -189,3 +189,29 @@ def test_unknown_names_list_the_allowed_values(key, value):
 def test_out_of_range_values(key, value):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_experiment(MNIST, {key: value})
+
+
+FINETUNE = Path(__file__).resolve().parents[1] / "config" / "binsfo"
+
+
+@pytest.mark.parametrize("model", ["adambnn", "bcdnet"])
+@pytest.mark.parametrize("recipe", ["binary", "real", "bop", "adam"])
+@pytest.mark.parametrize("dataset", ["caltech101", "caltech256", "oxford-pets", "oxford-flowers"])
+def test_binsfo_finetune_grid_loads_and_skips_in_quick(model, recipe, dataset):
+    path = FINETUNE / f"finetune_{model}.yml"
+    cfg = load_experiment(path, {"data.dataset": dataset}, profile="paper",
+                          recipe=f"{FINETUNE / 'finetune_optimizers.yml'}:{recipe}")
+    assert cfg.model.pretrained == model and cfg.data.dataset == dataset
+    assert (cfg.optim_fp is None) == (recipe == "adam")
+    assert "GPU hours" in skip_reason(path, "quick") and skip_reason(path, "paper") is None
+
+
+@pytest.mark.parametrize("override, words", [
+    ({"model.xnor_scal": "tensor"}, ["unknown key", "xnor_scal", "xnor_scale"]),  # mistyped new key
+    ({"model.xnor_scale": "layer"}, ["model.xnor_scale", "not one of", "channel"]),
+    ({"model.pretrained": "adambn"}, ["model.pretrained", "not one of", "adambnn"]),
+])
+def test_finetune_keys_are_checked(override, words):
+    with pytest.raises(ConfigError) as e:
+        load_experiment(FINETUNE / "finetune_adambnn.yml", override)
+    assert all(w in str(e.value) for w in words + ["finetune_adambnn.yml"])
