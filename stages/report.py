@@ -35,11 +35,13 @@ def main(argv=None) -> int:
     labels = [r.get("label", name) for name, r in yaml.safe_load(args.recipes.read_text()).items()]
     compare = comparison.comparison_table(args.runs, labels)
     bws = comparison.bws_table(args.runs)
-    binsfo = comparison.method_table(args.runs, "binsfo_")
+    binsfo = comparison.method_table(args.runs, "binsfo_mnist_")
+    finetune = comparison.finetune_table(args.runs)
     write_text(args.out / "comparison.csv", compare.to_csv(index=False))
     write_text(args.out / "bws_digits.csv", bws.to_csv(index=False))
     write_text(args.out / "binsfo_mnist.csv", binsfo.to_csv(index=False))
-    write_text(args.out / "comparison.md", comparison.to_markdown(compare, bws, binsfo))
+    write_text(args.out / "binsfo_finetune.csv", finetune.to_csv(index=False))
+    write_text(args.out / "comparison.md", comparison.to_markdown(compare, bws, binsfo, finetune))
     comparison.plot_comparison(compare, args.out / "plots" / "comparison.png")
     print(to_markdown(table))
     return 0

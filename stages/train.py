@@ -39,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--models", type=Path, default=Path("models"))
     p.add_argument("--reports", type=Path, default=Path("reports/runs"))
     p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))
+    p.add_argument("--pretrained-dir", type=Path, default=Path("data/pretrained"),
+                   help="official checkpoints for model.pretrained (fine-tuning runs)")
     p.add_argument("--timing", type=Path, default=Path("runs/timing"), help="wall-clock seconds (not a DVC output)")
     p.add_argument("--recipe", help="optimizer recipe FILE:NAME applied to the config (e.g. "
                    "config/sgdat/optimizers.yml:sgdm)")
@@ -69,7 +71,8 @@ def main(argv=None) -> int:
         return 0
     ranks, device = init_from_env(resolve_device(args.device))  # several ranks under torchrun
     dataset = load_dataset(args.data)
-    result = fit(cfg, dataset, device, args.checkpoints / args.run / f"{cfg.digest()}.pt", ranks=ranks)
+    result = fit(cfg, dataset, device, args.checkpoints / args.run / f"{cfg.digest()}.pt", ranks=ranks,
+                 pretrained_dir=args.pretrained_dir)
     if not ranks.is_main:
         return 0  # rank 0 writes the results
 
@@ -84,6 +87,8 @@ def main(argv=None) -> int:
                 "best_val_top1": round(result.best_val_top1, 2),
                 "test_top1": round(result.test["top1"], 2), "test_top5": round(result.test["top5"], 2),
                 "test_n": result.test["n"]}
+    if "pretrained" in result.extra:  # the official checkpoint fine-tuned: its SHA-256 and what was loaded
+        run_info["pretrained"] = result.extra["pretrained"]
     run_env = {"device": device_description(device), "threads": torch.get_num_threads(), "processes": ranks.world,
                "commit": commit, **environment(device)}
     save_model(result.model, args.models / args.run, cfg, input_spec, "latent", {"result": run_info, "environment": run_env})

@@ -219,3 +219,31 @@ def test_bad_recipes_name_the_file_and_the_key(tmp_path, body, spec_name, word):
 def test_recipe_spec_without_a_name_is_an_error():
     with pytest.raises(ConfigError, match="FILE:NAME"):
         load_experiment(MNIST, recipe=str(RECIPES))
+
+
+FINETUNE = Path(__file__).resolve().parents[1] / "config" / "binsfo"
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+@pytest.mark.parametrize("model", ["adambnn", "bcdnet"])
+@pytest.mark.parametrize("recipe", ["binary", "real", "bop", "adam"])
+@pytest.mark.parametrize("dataset", yaml.safe_load(PARAMS.read_text())["binsfo_finetune"]["datasets"])
+def test_binsfo_finetune_grid_loads_and_skips_in_quick(model, recipe, dataset):
+    path = FINETUNE / f"finetune_{model}.yml"
+    cfg = load_experiment(path, {"data.dataset": dataset}, profile="paper",
+                          recipe=f"{FINETUNE / 'finetune_optimizers.yml'}:{recipe}")
+    assert cfg.model.pretrained == model and cfg.data.dataset == dataset
+    assert cfg.data.resize == 256  # BinSFO's Resize((256, 256)) for every dataset, CIFAR included
+    assert (cfg.optim_fp is None) == (recipe == "adam")
+    assert "GPU hours" in skip_reason(path, "quick") and skip_reason(path, "paper") is None
+
+
+@pytest.mark.parametrize("override, words", [
+    ({"model.xnor_scal": "tensor"}, ["unknown key", "xnor_scal", "xnor_scale"]),  # mistyped new key
+    ({"model.xnor_scale": "layer"}, ["model.xnor_scale", "not one of", "channel"]),
+    ({"model.pretrained": "adambn"}, ["model.pretrained", "not one of", "adambnn"]),
+])
+def test_finetune_keys_are_checked(override, words):
+    with pytest.raises(ConfigError) as e:
+        load_experiment(FINETUNE / "finetune_adambnn.yml", override)
+    assert all(w in str(e.value) for w in words + ["finetune_adambnn.yml"])

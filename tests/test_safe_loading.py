@@ -11,6 +11,7 @@ from bnnrepro.engine.checkpoint import load_checkpoint
 from bnnrepro.config import load_experiment
 from bnnrepro.export import load_model, save_model
 from bnnrepro.models import build_model
+from bnnrepro.models.pretrained import read_official_state_dict
 from bnnrepro.rwth import load_rwth_state_dict
 
 
@@ -41,6 +42,8 @@ def test_every_loader_refuses_pickled_code(tmp_path, repo_root, as_torch):
         "rwth results.pt": (tmp_path / "rwth" / "results.pt", load_rwth_state_dict),
         "model folder": (tmp_path / "model" / "model.safetensors", lambda p: load_model(p.parent)),
         "prepared dataset": (tmp_path / "prepared" / "mnist" / "data.safetensors", lambda p: load_dataset(p.parent)),
+        "official AdamBNN checkpoint": (tmp_path / "AdamBNN.mobilenet.pth.tar",
+                                        lambda p: read_official_state_dict(p, "state_dict")),
     }
     cfg = load_experiment(repo_root / "config" / "rwth" / "binary_mnist.yml")
     save_model(build_model(cfg.model, 1, 10, 28), tmp_path / "model", cfg,

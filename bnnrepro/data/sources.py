@@ -14,13 +14,14 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable
 
 import numpy as np
 import torch
 from torchvision import datasets as tvd
 
 from bnnrepro.data.download import Resource
+from bnnrepro.data.folders import IMAGE_SIZE, load_class_folders, pets_breed, sort_into_class_folders
 
 Tensors = dict[str, torch.Tensor]
 
@@ -146,6 +147,51 @@ def _parse_digits(raw: Path) -> Tensors:
             "test_images": images[test], "test_labels": labels[test]}
 
 
+# ------------------------------------------------------------- Caltech-101/256, Oxford Pets and Flowers
+def _extract_tar(archive: Path | IO[bytes], dest: Path) -> None:
+    """Extract a (compressed) tar, a path or a stream, with the "data" filter: no absolute paths, no links
+    out of `dest`, no devices. Read as a stream ("r|*"), so a zip member needs no seeking."""
+    source = {"name": archive} if isinstance(archive, Path) else {"fileobj": archive}
+    with tarfile.open(mode="r|*", **source) as tar:
+        tar.extractall(dest, filter="data")
+
+
+def _parse_caltech101(raw: Path) -> Tensors:
+    # the official zip holds caltech-101/101_ObjectCategories.tar.gz (and the annotations, unused)
+    with tempfile.TemporaryDirectory(dir=raw) as tmp, zipfile.ZipFile(raw / "caltech-101.zip") as z:
+        with z.open("caltech-101/101_ObjectCategories.tar.gz") as inner:
+            _extract_tar(inner, Path(tmp))
+        return load_class_folders(Path(tmp) / "101_ObjectCategories", exclude=("BACKGROUND_Google",), num_classes=101)
+
+
+def _parse_caltech256(raw: Path) -> Tensors:
+    with tempfile.TemporaryDirectory(dir=raw) as tmp:
+        _extract_tar(raw / "256_ObjectCategories.tar", Path(tmp))
+        return load_class_folders(Path(tmp) / "256_ObjectCategories", exclude=("257.clutter",), num_classes=256)
+
+
+def _parse_pets(raw: Path) -> Tensors:
+    with tempfile.TemporaryDirectory(dir=raw) as tmp:
+        _extract_tar(raw / "images.tar.gz", Path(tmp))
+        files = {str(p): pets_breed(p.name) for p in sorted((Path(tmp) / "images").glob("*.jpg"))}
+        return load_class_folders(sort_into_class_folders(files, Path(tmp) / "classes"), num_classes=37)
+
+
+def _parse_flowers(raw: Path) -> Tensors:
+    from scipy.io import loadmat  # a MATLAB file (not a pickle), checksum verified
+
+    labels = loadmat(raw / "imagelabels.mat")["labels"].ravel()  # label of image_{i+1:05d}.jpg, 1..102
+    with tempfile.TemporaryDirectory(dir=raw) as tmp:
+        _extract_tar(raw / "102flowers.tgz", Path(tmp))
+        files = {str(Path(tmp) / "jpg" / f"image_{i + 1:05d}.jpg"): f"{label:03d}" for i, label in enumerate(labels)}
+        return load_class_folders(sort_into_class_folders(files, Path(tmp) / "classes"), num_classes=102)
+
+
+CALTECH_URL = "https://data.caltech.edu/records/"
+VGG_URL = "https://www.robots.ox.ac.uk/~vgg/data/"
+FINETUNE_SHAPE = (3, IMAGE_SIZE, IMAGE_SIZE)  # BinSFO's Resize((256, 256)), applied when preparing
+
+
 SOURCES: dict[str, DatasetSource] = {
     "digits": DatasetSource("digits", 10, 16, (1, 8, 8), (), _parse_digits),
     "mnist": DatasetSource("mnist", 10, 255, (1, 28, 28), _torchvision_resources(tvd.MNIST), _parse_mnist_like),
@@ -165,6 +211,26 @@ SOURCES: dict[str, DatasetSource] = {
         (Resource("tiny-imagenet-200.zip", "90528d7ca1a48142e341f4ef8d21d0de",
                   ("http://cs231n.stanford.edu/tiny-imagenet-200.zip",)),),
         _parse_tiny_imagenet),
+    # file names, MD5s and URLs as torchvision's Caltech101 / Caltech256 / OxfordIIITPet / Flowers102 declare them
+    "caltech101": DatasetSource(
+        "caltech101", 101, 255, FINETUNE_SHAPE,
+        (Resource("caltech-101.zip", "3138e1922a9193bfa496528edbbc45d0",
+                  (CALTECH_URL + "mzrjq-6wc02/files/caltech-101.zip",)),),
+        _parse_caltech101),
+    "caltech256": DatasetSource(
+        "caltech256", 256, 255, FINETUNE_SHAPE,
+        (Resource("256_ObjectCategories.tar", "67b4f42ca05d46448c6bb8ecd2220f6d",
+                  (CALTECH_URL + "nyy15-4j048/files/256_ObjectCategories.tar",)),),
+        _parse_caltech256),
+    "oxford-pets": DatasetSource(
+        "oxford-pets", 37, 255, FINETUNE_SHAPE,
+        (Resource("images.tar.gz", "5c4f3ee8e5d25df40f4fd59a7f44e54c", (VGG_URL + "pets/data/images.tar.gz",)),),
+        _parse_pets),
+    "oxford-flowers": DatasetSource(
+        "oxford-flowers", 102, 255, FINETUNE_SHAPE,
+        (Resource("102flowers.tgz", "52808999861908f626f3c1f4e79d11fa", (VGG_URL + "flowers/102/102flowers.tgz",)),
+         Resource("imagelabels.mat", "e0620be6f572b9609742df49c70aed4d", (VGG_URL + "flowers/102/imagelabels.mat",))),
+        _parse_flowers),
 }
 
 

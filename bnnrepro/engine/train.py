@@ -21,11 +21,13 @@ from tqdm.auto import tqdm
 
 from bnnrepro.config import DataConfig, ExperimentConfig
 from bnnrepro.data.batches import Augment, BatchLoader
+from bnnrepro.data.download import mirror_from_env
 from bnnrepro.data.prepared import Dataset, resized
 from bnnrepro.engine.checkpoint import load_checkpoint, save_checkpoint
 from bnnrepro.engine.distributed import Ranks, wrap
 from bnnrepro.engine.losses import bin_regularizer, loss_function
 from bnnrepro.models import build_model
+from bnnrepro.models.pretrained import load_pretrained
 from bnnrepro.nn.layers import clip_latent_weights_, init_latent_weights_, quantized_layers
 from bnnrepro.nn.packing import PackedBinaryWeights
 from bnnrepro.optim import TrainingOptimizers, build_optimizers
@@ -171,13 +173,19 @@ def _train_step(model, x, y, optimizer, cfg, epoch, step, loss_fn, use_bin_reg, 
 
 
 def fit(cfg: ExperimentConfig, dataset: Dataset, device: torch.device, checkpoint_path: str | Path,
-        progress: bool = True, ranks: Ranks = Ranks()) -> FitResult:
+        progress: bool = True, ranks: Ranks = Ranks(), pretrained_dir: str | Path | None = None) -> FitResult:
+    """`pretrained_dir` holds the official checkpoints that `model.pretrained` names (fine-tuning runs)."""
     set_deterministic(cfg.train.deterministic)
     seed_everything(cfg.train.seed)
     if dataset.name != cfg.data.dataset:
         raise ValueError(f"config {cfg.name} trains on '{cfg.data.dataset}' but was given '{dataset.name}'")
     dataset = resized(dataset, cfg.data.resize)
     model = build_model(cfg.model, dataset.image_shape[0], dataset.num_classes, dataset.image_shape[1])
+    extra = {}
+    if cfg.model.pretrained:  # before the optimizers: flip's sigma0 and Bop's m start from the pretrained weights
+        loaded = load_pretrained(model, cfg.model.arch, cfg.model.pretrained, pretrained_dir, mirror_from_env())
+        extra["pretrained"] = loaded.to_dict()
+        log.info("loaded %d parameter tensors of %s (sha256 %s)", loaded.loaded, loaded.file, loaded.sha256)
     # channels_last: the CPU max-pool and conv kernels are several times faster on it (batches match)
     model = model.to(device, memory_format=torch.channels_last)
     init_latent_weights_(model, cfg.train.latent_init)
@@ -228,4 +236,4 @@ def fit(cfg: ExperimentConfig, dataset: Dataset, device: torch.device, checkpoin
     model.load_state_dict(best["model"])
     test = evaluate(model, loaders.test)
     return FitResult(model=model, history=history, best_epoch=best["epoch"], best_val_top1=best["val_top1"],
-                     test=test, train_seconds=train_seconds, resumed_from_epoch=start_epoch - 1)
+                     test=test, train_seconds=train_seconds, resumed_from_epoch=start_epoch - 1, extra=extra)

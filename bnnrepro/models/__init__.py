@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from bnnrepro.models.bcdnet import BCDNet
 from bnnrepro.models.binarynet import BinaryNet
 from bnnrepro.models.common import ModelConfig
 from bnnrepro.models.lenet import LeNet5
 from bnnrepro.models.mlp import MLP
+from bnnrepro.models.reactnet import ReActNetA
 from bnnrepro.models.resnet import ResNetSGDAT
 from bnnrepro.models.vgg import VGGNet7
 
 MODELS: dict[str, type[nn.Module]] = {"lenet5": LeNet5, "vggnet7": VGGNet7, "mlp": MLP,
-                                      "binarynet": BinaryNet, "resnet_sgdat": ResNetSGDAT}
+                                      "binarynet": BinaryNet, "resnet_sgdat": ResNetSGDAT,
+                                      "reactnet_a": ReActNetA, "bcdnet": BCDNet}
 
 
 def build_model(cfg: ModelConfig, in_channels: int, num_classes: int, image_size: int) -> nn.Module:

@@ -14,7 +14,8 @@ from bnnrepro.nn.layers import QuantAct
 class ModelConfig:
     """Architecture of one network. Float and binary variants of a model differ only in these values."""
 
-    arch: str                   # registered model name: lenet5 | vggnet7
+    arch: str                   # registered model name: lenet5 | vggnet7 | mlp | binarynet | resnet_sgdat |
+                                # reactnet_a | bcdnet
     weights: str = "binary"     # fp | binary: precision of every weight layer (see the *_fp and ternary_* keys)
     activations: str = "binary" # relu | binary
     estimator: str = "bnn"      # STE of quantized activations: vanilla | bnn | bireal | swish
@@ -35,6 +36,10 @@ class ModelConfig:
     hidden: int = 1024          # MLP only: width of the hidden layers
     bn_affine: bool = False     # MLP only: hidden BatchNorms learn scale and shift (BWS --affine)
     bn_out: bool = True         # MLP only: BatchNorm (affine=False) on the logits (BWS --batch_norm_out)
+    xnor_scale: str = "none"    # reactnet_a, bcdnet: binary conv weights times alpha = mean|W|: none (BinSFO's
+                                # default) | tensor (BinSFO --xnor) | channel (AdamBNN / BCDNet as trained)
+    pretrained: str = ""        # reactnet_a, bcdnet: official checkpoint loaded before training (a key of
+                                # bnnrepro.models.pretrained.OFFICIAL_CHECKPOINTS: adambnn | bcdnet); "" = none
 
     def describe(self) -> str:
         """Short name of the method for tables: 'float' or the binarization scheme."""

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bnnrepro.nn.quantizers import TERNARY_ACT_K, binarize, quantize_weight, sign, ternarize_ste
+from bnnrepro.nn.quantizers import TERNARY_ACT_K, WEIGHT_SCALES, binarize, quantize_weight, sign, ternarize_ste
 
 PRECISIONS = ("fp", "binary", "ternary")
 
@@ -42,20 +42,25 @@ class QuantConv2d(nn.Conv2d):
     with edge values (RWTH VGGNet7's conv2-6: an odd total puts the extra row/column bottom/right)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int | str = 0, bias: bool = True, precision: str = "binary"):
+                 padding: int | str = 0, bias: bool = True, precision: str = "binary", scale: str = "none"):
         self.same_replicate = padding == "same_replicate"
         super().__init__(in_channels, out_channels, kernel_size, stride=stride,
                          padding=0 if self.same_replicate else padding, bias=bias)
         self.precision = _check_precision(precision)
+        if scale not in WEIGHT_SCALES or (scale != "none" and precision != "binary"):
+            raise ValueError(f"weight scale '{scale}' is not valid for {precision} weights. Valid for binary "
+                             f"weights: {WEIGHT_SCALES}; other precisions: 'none'")
+        self.scale = scale  # XNOR-Net's alpha = mean|W| per tensor or per output channel (see quantizers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.same_replicate:
             x = replicate_pad(x, *_same_padding(x.shape[-2:], self.kernel_size, self.stride))
-        return self._conv_forward(x, quantize_weight(self.weight, self.precision), self.bias)
+        return self._conv_forward(x, quantize_weight(self.weight, self.precision, self.scale), self.bias)
 
     def extra_repr(self) -> str:
         pad = ", padding=same_replicate" if self.same_replicate else ""
-        return f"{super().extra_repr()}{pad}, precision={self.precision}"
+        scale = f", scale={self.scale}" if self.scale != "none" else ""
+        return f"{super().extra_repr()}{pad}, precision={self.precision}{scale}"
 
 
 def _same_padding(size, kernel, stride) -> tuple[int, int, int, int]:

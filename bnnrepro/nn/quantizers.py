@@ -110,8 +110,34 @@ def ternarize_ste(x: torch.Tensor, k: float, estimator: str = "vanilla", beta: f
     return _StraightThrough.apply(x, lambda t: ternarize(surrogate(t, estimator, beta), k), estimator, beta)
 
 
-def quantize_weight(w: torch.Tensor, precision: str) -> torch.Tensor:
-    """Weights: identity STE onto the latent weight (no |w| <= 1 mask; the latent is clipped after the step)."""
+# XNOR-Net's weight scale alpha = mean|W| (Rastegari et al. 2016), over the whole tensor or per output channel
+WEIGHT_SCALES = ("none", "tensor", "channel")
+
+
+def weight_scale(w: torch.Tensor, scale: str) -> torch.Tensor:
+    """alpha = mean|W| over the whole tensor ("tensor", BinSFO's --xnor) or over each output channel
+    ("channel", AdamBNN's HardBinaryConv), shaped to multiply W."""
+    if scale == "tensor":
+        return w.abs().mean()
+    if scale == "channel":
+        return w.abs().mean(dim=tuple(range(1, w.ndim)), keepdim=True)
+    raise ValueError(f"Unknown weight scale '{scale}'. Valid: {WEIGHT_SCALES}")
+
+
+def binarize_scaled(w: torch.Tensor, scale: str) -> torch.Tensor:
+    """alpha * sign(W) forward, identity backward. alpha is computed inside the straight-through
+    function, so no gradient flows through it (both AdamBNN and BinSFO detach it) and W receives the
+    gradient of the scaled weight unchanged, not alpha times it, as in both codes."""
+    return _StraightThrough.apply(w, lambda t: weight_scale(t, scale) * sign(t), "vanilla", 10.0)
+
+
+def quantize_weight(w: torch.Tensor, precision: str, scale: str = "none") -> torch.Tensor:
+    """Weights: identity STE onto the latent weight (no |w| <= 1 mask; the latent is clipped after the step).
+    `scale` multiplies binary weights by alpha = mean|W| (see binarize_scaled); "none" keeps them +-1."""
+    if scale != "none":
+        if precision != "binary":
+            raise ValueError(f"a weight scale ('{scale}') applies to binary weights only, not '{precision}'")
+        return binarize_scaled(w, scale)
     if precision == "binary":
         return binarize(w)
     if precision == "ternary":

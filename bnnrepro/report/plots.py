@@ -100,6 +100,8 @@ def plot_training_state(states: pd.DataFrame, out: Path) -> None:
         ax.set(yscale=scale, ylabel=f"relative to latent Adam{' (log)' if scale == 'log' else ''}", title=title)
         ax.axhline(1.0, color="black", linewidth=0.6)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    # one legend for both panels, above them: inside an axes it hides bars of one panel or the other
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(models), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
     save(fig, out)
