@@ -23,13 +23,21 @@ def test_pack_by_hand():
 
 def test_round_trip_and_numpy_packbits_layout():
     gen = torch.Generator().manual_seed(0)
-    for shape in [(1,), (7,), (8,), (9,), (10, 13), (4, 5, 3, 3)]:
+    for shape in [(1,), (7,), (8,), (9,), (10, 13), (4, 5, 3, 3), (1000, 37), (64, 32, 3, 3)]:  # vector and tail paths
         b = torch.randn(shape, generator=gen).sign()
         packed = pack_signs(b)
         assert packed.numel() == -(-b.numel() // 8)
         assert torch.equal(unpack_signs(packed, b.shape), b)
         # the byte layout of the shipped checkpoints: numpy.packbits(bitorder="little") of the +1 positions
         assert packed.tolist() == np.packbits((b > 0).numpy(), bitorder="little").tolist()
+
+
+def test_every_byte_value_round_trips():
+    # all 256 bit patterns, once each: the packing and the unpacking tables agree with numpy on each
+    bits = torch.from_numpy(np.unpackbits(np.arange(256, dtype=np.uint8), bitorder="little").astype(bool))
+    b = torch.where(bits, 1.0, -1.0)
+    assert pack_signs(b).tolist() == list(range(256))
+    assert torch.equal(unpack_signs(pack_signs(b), b.shape), b)
 
 
 def test_packed_model_holds_one_bit_per_weight():

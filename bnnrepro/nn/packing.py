@@ -23,24 +23,40 @@ from numbers import Number
 
 import torch
 
-from bnnrepro.nn.quantizers import sign
+
+
+# Multiplying a 64-bit word whose 8 bytes are each 0 or 1 by this constant moves byte k to bit 56 + k
+# (the shifts 56 - 7k never collide, so nothing carries): the top byte is then the 8 bits, first byte lowest.
+_GATHER_BYTES = 0x0102040810204080
 
 
 def pack_signs(w: torch.Tensor) -> torch.Tensor:
     """uint8 tensor of ceil(numel / 8) bytes: the signs of w (sign(0) = +1), 8 per byte."""
-    bits = (sign(w.detach()) > 0).flatten()
-    bits = torch.cat([bits, bits.new_zeros(-len(bits) % 8)]).view(-1, 8).to(torch.uint8)
-    shifts = torch.arange(8, dtype=torch.uint8, device=w.device)
-    return (bits << shifts).sum(1, dtype=torch.uint8)
+    bits = w.detach().flatten() >= 0  # sign(w) > 0, with sign(0) = sign(-0.0) = +1
+    if bits.numel() % 8:
+        bits = torch.cat([bits, bits.new_zeros(-bits.numel() % 8)])
+    words = bits.view(torch.uint8).view(torch.int64)  # 8 bools (bytes 0/1) per 64-bit word
+    return ((words * _GATHER_BYTES) >> 56).to(torch.uint8)
+
+
+_SIGNS_OF_BYTE: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _signs_of_byte(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """256 x 8 table: row b holds the +-1 values of the 8 bits of byte b, least significant first."""
+    key = (dtype, device)
+    if key not in _SIGNS_OF_BYTE:
+        bits = torch.arange(256, device=device)[:, None] >> torch.arange(8, device=device) & 1
+        _SIGNS_OF_BYTE[key] = (bits * 2 - 1).to(dtype)
+    return _SIGNS_OF_BYTE[key]
 
 
 def unpack_signs(packed: torch.Tensor, shape: torch.Size | tuple[int, ...],
                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The +-1 tensor of `shape` whose signs `packed` holds (inverse of pack_signs)."""
-    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
-    bits = (packed[:, None] >> shifts) & 1
+    """The +-1 tensor of `shape` whose signs `packed` holds (inverse of pack_signs): one table lookup
+    per byte writes its 8 values."""
     n = torch.Size(shape).numel()
-    return (bits.flatten()[:n].to(dtype) * 2 - 1).reshape(shape)
+    return _signs_of_byte(dtype, packed.device)[packed.long()].flatten()[:n].reshape(shape)
 
 
 class PackedBinaryWeights:
