@@ -94,8 +94,9 @@ class Bop2ndOrder(PerParameterOptimizer):
             state["flips"] += torch.count_nonzero(p < 0)
             p.fill_(1.0)
             return
-        r = m_hat / (v_hat.sqrt() + group["eps"])
-        state["flips"] += torch.count_nonzero(flip_where_(p, torch.mul(p, r) > group["threshold"]))
+        r = v_hat.sqrt().add_(group["eps"])  # one scratch tensor for r = m_hat / (sqrt(v_hat) + eps), then b r
+        r = torch.div(m_hat, r, out=r).mul_(p)
+        state["flips"] += torch.count_nonzero(flip_where_(p, r > group["threshold"]))
 
     def reset_epoch_state(self) -> None:
         """Nothing to forget: the SGDAT code keeps m and v on the tensors across its per-epoch rebuilds
