@@ -15,7 +15,7 @@ def write_metrics(runs, run, **fields):
 def test_finetune_table_has_a_cell_per_dataset_trained_or_not(tmp_path):
     common = {"model": "reactnet_a", "optimizer": "BinSFO", "paper": "binsfo"}
     write_metrics(tmp_path, "binsfo_finetune_binary_cifar10_adambnn", dataset="cifar10", status="trained",
-                  test_top1=91.234, profile="paper", **common)
+                  test_top1=91.234, epochs=100, seed=1, profile="paper", **common)
     write_metrics(tmp_path, "binsfo_finetune_binary_caltech101_adambnn", dataset="caltech101", status="skipped",
                   profile="quick", reason="needs a GPU", **common)
     write_metrics(tmp_path, "binsfo_finetune_adam_cifar10_bcdnet", dataset="cifar10", status="skipped",
@@ -23,7 +23,7 @@ def test_finetune_table_has_a_cell_per_dataset_trained_or_not(tmp_path):
     write_metrics(tmp_path, "binsfo_mnist_binary", dataset="mnist", status="trained", test_top1=90.0, **common)
 
     table = finetune_table(tmp_path).set_index(["model", "algorithm"])
-    assert table.loc[("reactnet_a", "BinSFO"), "cifar10"] == "91.23"
+    assert table.loc[("reactnet_a", "BinSFO"), "cifar10"] == "91.23 (100 ep, seed 1)"
     assert table.loc[("reactnet_a", "BinSFO"), "caltech101"] == "not run (quick profile)"
     assert table.loc[("bcdnet", "Adam"), "cifar10"] == "not run (quick profile)"
     assert "mnist" not in table.columns  # the MNIST MLP runs are another table

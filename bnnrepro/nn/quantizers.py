@@ -31,9 +31,11 @@ def sign(x: torch.Tensor) -> torch.Tensor:
     """+1 where x >= 0, -1 elsewhere: never 0.
 
     copysign(1, x + 0.0): adding +0.0 turns -0.0 into +0.0, so both zeros give +1. It is several
-    times faster on the CPU than torch.where(x >= 0, 1, -1). Writing into empty_like(x) keeps x's
-    exact strides (channels_last weights stay channels_last, which keeps the CPU kernels fast)."""
-    return torch.copysign(_one(x.dtype, x.device), x + 0.0, out=torch.empty_like(x))
+    times faster on the CPU than torch.where(x >= 0, 1, -1). Both kernels write into one new buffer,
+    empty_like(x): one allocation instead of two halves the time on the CPU, where a large new tensor
+    costs page faults, and keeps x's exact strides (channels_last stays channels_last)."""
+    out = torch.add(x, 0.0, out=torch.empty_like(x))
+    return torch.copysign(_one(x.dtype, x.device), out, out=out)
 
 
 @functools.cache

@@ -27,6 +27,9 @@ class PerParameterOptimizer(Optimizer):
 
 
 def flip_where_(b: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-    """b <- -b where flip, in place, for b holding exactly +-1 (two kernels, exact). Returns flip."""
-    b.mul_(torch.where(flip, -1.0, 1.0))
+    """b <- -b where flip, in place, for b holding exactly +-1. Returns flip.
+
+    b - 2 b flip is exact for b = +-1, and two vectorised kernels; torch.where(flip, -1.0, 1.0) is about
+    four times slower on the CPU, and was a third of the flip optimizer's step."""
+    b.addcmul_(b, flip.to(b.dtype), value=-2)
     return flip

@@ -81,7 +81,8 @@ class Bop2ndOrder(PerParameterOptimizer):
             state["flips"] = torch.zeros((), dtype=torch.float32)
             p.copy_(sign(p))
         state["step"] += 1
-        t = state["step"].item()
+        # the step count as a number only where a rule reads it: .item() waits for the GPU
+        t = state["step"].item() if group["bias_correction"] or group["zero_latent_first_step"] else None
         m, v, g = state["m"], state["v"], p.grad
         m.lerp_(g, gamma)  # m + gamma (g - m)
         v.lerp_(g * g, sigma)

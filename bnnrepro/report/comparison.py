@@ -84,8 +84,8 @@ def finetune_table(runs_dir: Path) -> pd.DataFrame:
         metrics = json.loads(metrics_file.read_text())
         row = rows.setdefault((metrics["model"], metrics["optimizer"]),
                               {"model": metrics["model"], "algorithm": metrics["optimizer"]})
-        row[metrics["dataset"]] = (f"{metrics['test_top1']:.2f}" if metrics["status"] == "trained"
-                                   else f"not run ({metrics['profile']} profile)")
+        row[metrics["dataset"]] = (f"{metrics['test_top1']:.2f} ({metrics['epochs']} ep, seed {metrics['seed']})"
+                                   if metrics["status"] == "trained" else f"not run ({metrics['profile']} profile)")
     return pd.DataFrame(list(rows.values()))
 
 
@@ -141,8 +141,8 @@ def to_markdown(comparison: pd.DataFrame, bws: pd.DataFrame, binsfo: pd.DataFram
             "",
             "## BinSFO fine-tuning: ImageNet-pretrained AdamBNN and BCDNet, new head, six datasets at 256 x 256",
             "",
-            "Test top-1 (%) after 100 epochs, batch 256, seed 1 (the code's defaults; the paper's are not in its "
-            "repository). These runs need the official checkpoints (downloaded by hand into data/pretrained/, "
+            "Test top-1 (%) of the best epoch, with the epochs and seed of the run; the budget is in "
+            "config/binsfo/finetune_<model>.yml (the code's defaults; the paper's are not in its repository). These runs need the official checkpoints (downloaded by hand into data/pretrained/, "
             "see bnnrepro/models/pretrained.py) and a GPU: they run in the paper profile only. The paper's "
             "per-dataset numbers are not retrievable.",
             "",
