@@ -53,7 +53,7 @@ from bnnrepro.io import write_text  # noqa: E402
 from bnnrepro.models import MODELS, build_model  # noqa: E402
 from bnnrepro.nn.layers import init_latent_weights_  # noqa: E402
 from bnnrepro.optim import build_optimizers  # noqa: E402
-from bnnrepro.runtime import seed_everything, set_deterministic  # noqa: E402
+from bnnrepro.runtime import reuse_freed_memory, seed_everything, set_deterministic  # noqa: E402
 
 from data_loading import loader_rates  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
@@ -140,6 +140,7 @@ def train_images_per_second(cfg, seconds: float) -> float:
     """Images per CPU-second of the training loop of bnnrepro.engine.train on `cfg`, set up as `fit` does."""
     set_deterministic(cfg.train.deterministic)
     seed_everything(cfg.train.seed)
+    reuse_freed_memory()
     data = synthetic_dataset(cfg.data.dataset, cfg.data.batch_size * 32)
     c, h, _ = data.image_shape
     model = build_model(cfg.model, c, data.num_classes, h).to(memory_format=torch.channels_last)

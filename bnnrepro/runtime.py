@@ -1,7 +1,8 @@
-"""Seeds, determinism, device selection and a record of the environment a result came from."""
+"""Seeds, determinism, memory reuse, device selection and a record of the environment a result came from."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import random
@@ -32,6 +33,25 @@ def set_deterministic(enabled: bool) -> None:
     torch.backends.cudnn.benchmark = not enabled
     torch.backends.cuda.matmul.allow_tf32 = False  # TF32 changes results between GPU generations
     torch.backends.cudnn.allow_tf32 = False
+
+
+# mallopt(3) parameters of glibc's malloc.h
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def reuse_freed_memory() -> None:
+    """Let glibc's malloc keep freed memory for the next tensor instead of returning it to the system.
+
+    By default glibc gives every allocation above 32 MB (BinaryNet's 8192 x 1024 weight, its gradient,
+    and every temporary of that shape) its own mmap and unmaps it on free, so each step faults the pages
+    of each such tensor in again: a 33 MB multiply then takes 18 ms instead of 3. Serving all sizes from
+    the heap and trimming it only above 1 GiB of free memory ends that; it is what PyTorch's CPU tuning
+    guide gets by preloading jemalloc or tcmalloc. It changes no result. A no-op outside glibc."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(_M_MMAP_MAX, 0)
+    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from bnnrepro.models import ModelConfig, build_model
-from bnnrepro.nn.packing import PackedBinaryWeights, pack_signs, resident_bytes, unpack_signs
+from bnnrepro.nn.packing import PackedBinaryWeights, count_changed_bits, pack_signs, resident_bytes, unpack_signs
 from bnnrepro.optim.flip import FlipOptimizer
 
 
@@ -40,6 +40,25 @@ def test_every_byte_value_round_trips():
     assert torch.equal(unpack_signs(pack_signs(b), b.shape), b)
 
 
+def test_count_changed_bits_by_hand():
+    a = torch.tensor([0b0000_0000, 0b1111_1111, 0b1010_1010], dtype=torch.uint8)
+    b = torch.tensor([0b0000_0001, 0b0000_1111, 0b0101_0101], dtype=torch.uint8)
+    assert count_changed_bits(a, b).item() == 1 + 4 + 8
+    assert count_changed_bits(a, a).item() == 0
+
+
+def test_repacking_counts_the_weights_whose_sign_changed():
+    w = torch.nn.Parameter(torch.tensor([1.0, -1.0, 1.0, 1.0, -1.0, 1.0, -1.0, -1.0, 1.0, -1.0]))
+    packed = PackedBinaryWeights([w])
+    packed.pack_()
+    assert packed.sign_changes is None  # nothing to compare with yet
+    with packed.unpacked():
+        w.data[[0, 1, 9]] *= -1  # three flips, one in the zero-padded tail byte
+    with packed.unpacked():
+        w.data[0] *= -1
+    assert packed.sign_changes.item() == 4
+
+
 def test_packed_model_holds_one_bit_per_weight():
     model = large_fcn()
     opt = FlipOptimizer(model.parameters(), lr=10.0)
@@ -53,7 +72,7 @@ def test_packed_model_holds_one_bit_per_weight():
     assert 1.0 < report["bits_per_weight"] < 1.01  # plus a few scalars per tensor (step, index, tau)
     packed.unpack_()
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
-    assert resident_bytes(packed)["weight_bytes"] == 4 * 134_400
+    assert resident_bytes(packed)["weight_bytes"] == 4 * 134_400 + 16_800  # the bits stay, to count flips
 
 
 def test_packed_training_equals_unpacked_training():

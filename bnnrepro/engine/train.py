@@ -31,7 +31,7 @@ from bnnrepro.models.pretrained import load_pretrained
 from bnnrepro.nn.layers import clip_latent_weights_, init_latent_weights_, quantized_layers
 from bnnrepro.nn.packing import PackedBinaryWeights
 from bnnrepro.optim import TrainingOptimizers, build_optimizers
-from bnnrepro.runtime import seed_everything, set_deterministic
+from bnnrepro.runtime import reuse_freed_memory, seed_everything, set_deterministic
 
 log = logging.getLogger(__name__)
 
@@ -92,28 +92,31 @@ class FlipCounter:
     """Counts sign changes of the quantized weights, step by step (a latent weight that crosses zero
     and a binary weight that flips both count). Cheap: one sign-bit snapshot per weight and step; the
     snapshot after a step is the one before the next (nothing else writes the weights in between).
-    With `keep_snapshot=False` the snapshot is dropped after each step (two per step then): packed
-    1-bit training keeps nothing of 8 bits per weight between steps."""
+    With `packed` (train.pack_weights) the weights are sign bits between steps already: `packed`
+    counts the bits that change from one packing to the next, and no byte-per-weight snapshot is kept."""
 
-    def __init__(self, model: nn.Module, keep_snapshot: bool = True):
-        self.weights = [layer.weight for layer in quantized_layers(model)]
-        self.keep_snapshot = keep_snapshot
+    def __init__(self, weights: list[torch.Tensor], packed: PackedBinaryWeights | None = None):
+        self.weights = weights
+        self.packed = packed
         self.signs = None
         self.count = None
 
     def before_step(self) -> None:
-        if self.signs is None:
+        if self.packed is None and self.signs is None:
             self.signs = [w.detach().signbit() for w in self.weights]
 
     def after_step(self) -> None:
+        if self.packed is not None:
+            return
         signs = [w.detach().signbit() for w in self.weights]
         for new, old in zip(signs, self.signs):
             changed = torch.count_nonzero(new != old)  # far faster than a bool sum()
             self.count = changed if self.count is None else self.count + changed
-        self.signs = signs if self.keep_snapshot else None
+        self.signs = signs
 
     def total(self) -> int:
-        return 0 if self.count is None else int(self.count.item())
+        count = self.packed.sign_changes if self.packed is not None else self.count
+        return 0 if count is None else int(count.item())
 
 
 def train_one_epoch(model, loader, optimizer: TrainingOptimizers, cfg: ExperimentConfig, epoch: int,
@@ -121,12 +124,13 @@ def train_one_epoch(model, loader, optimizer: TrainingOptimizers, cfg: Experimen
     """One pass over the training batches. `net` is what the steps call (DDP around `model` when
     training on several processes; see distributed.py), and each rank takes its rows of every batch."""
     model.train()
-    flips = FlipCounter(model, keep_snapshot=not cfg.train.pack_weights)
+    weights = [layer.weight for layer in quantized_layers(model)]
     # with train.pack_weights the binary weights are sign bits between steps (1 bit each, measurable);
     # the epoch ends unpacked, so evaluation and checkpoints see ordinary float weights
-    packed = PackedBinaryWeights(flips.weights) if cfg.train.pack_weights else None
+    packed = PackedBinaryWeights(weights) if cfg.train.pack_weights else None
     if packed:
         packed.pack_()
+    flips = FlipCounter(weights, packed)
     try:
         row = _train_steps(net or model, loader, optimizer, cfg, epoch, bar, flips, packed, ranks)
     finally:
@@ -177,6 +181,7 @@ def fit(cfg: ExperimentConfig, dataset: Dataset, device: torch.device, checkpoin
     """`pretrained_dir` holds the official checkpoints that `model.pretrained` names (fine-tuning runs)."""
     set_deterministic(cfg.train.deterministic)
     seed_everything(cfg.train.seed)
+    reuse_freed_memory()
     if dataset.name != cfg.data.dataset:
         raise ValueError(f"config {cfg.name} trains on '{cfg.data.dataset}' but was given '{dataset.name}'")
     dataset = resized(dataset, cfg.data.resize)

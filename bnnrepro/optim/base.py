@@ -29,7 +29,9 @@ class PerParameterOptimizer(Optimizer):
 def flip_where_(b: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     """b <- -b where flip, in place, for b holding exactly +-1. Returns flip.
 
-    b - 2 b flip is exact for b = +-1, and two vectorised kernels; torch.where(flip, -1.0, 1.0) is about
-    four times slower on the CPU, and was a third of the flip optimizer's step."""
-    b.addcmul_(b, flip.to(b.dtype), value=-2)
+    flip: 1 where b flips and 0 elsewhere, in b's dtype, best written by a comparison into a scratch
+    tensor of that dtype (torch.gt(x, t, out=x)), which the CPU runs about three times faster than a
+    bool comparison and its conversion; a bool mask works too. b - 2 b flip is exact for b = +-1, and
+    one vectorised kernel; torch.where(flip, -b, b) is about four times slower on the CPU."""
+    b.addcmul_(b, flip if flip.dtype == b.dtype else flip.to(b.dtype), value=-2)
     return flip

@@ -57,7 +57,8 @@ class Bop(PerParameterOptimizer):
             p.copy_(sign(p))
         m = state["m"]
         m.mul_(1 - group["lr"]).add_(p.grad, alpha=group["lr"])
-        state["flips"] += torch.count_nonzero(flip_where_(p, torch.mul(p, m) > group["threshold"]))
+        bm = torch.mul(p, m)
+        state["flips"] += torch.count_nonzero(flip_where_(p, torch.gt(bm, group["threshold"], out=bm)))
 
     def reset_epoch_state(self) -> None:
         """Nothing to forget: the SGDAT code keeps m on the tensor across its per-epoch rebuilds."""
@@ -97,7 +98,7 @@ class Bop2ndOrder(PerParameterOptimizer):
             return
         r = v_hat.sqrt().add_(group["eps"])  # one scratch tensor for r = m_hat / (sqrt(v_hat) + eps), then b r
         r = torch.div(m_hat, r, out=r).mul_(p)
-        state["flips"] += torch.count_nonzero(flip_where_(p, r > group["threshold"]))
+        state["flips"] += torch.count_nonzero(flip_where_(p, torch.gt(r, group["threshold"], out=r)))
 
     def reset_epoch_state(self) -> None:
         """Nothing to forget: the SGDAT code keeps m and v on the tensors across its per-epoch rebuilds

@@ -118,7 +118,7 @@ class FlipOptimizer(PerParameterOptimizer):
         if group["mask"] == "rand":  # any weight may be drawn: it takes the descent sign, whatever it was
             p.copy_(torch.where(u < flip_prob, sign(-g), p))
         else:  # emp and mmp give p > 0 only where the descent sign is -b, so a drawn weight flips
-            flip_where_(p, u < flip_prob)
+            flip_where_(p, torch.lt(u, flip_prob, out=u))
         state["step"] += 1
 
     @staticmethod

@@ -40,17 +40,17 @@ LATENT_INITS = ("zero", "weights")
 
 def hysteresis_sign_(b: torch.Tensor, a: torch.Tensor, dead_zone: float | torch.Tensor) -> torch.Tensor:
     """b <- sgn(a) where |a| > dead_zone, else b keeps its sign; in place, for b holding exactly +-1.
-    Returns where b changed sign.
+    Returns 1 where b changed sign and 0 elsewhere, in b's dtype.
 
     A weight whose accumulator sits inside the dead zone keeps the sign it has, so a weight near zero
     does not flip back and forth with every small step (the boundary itself is inside: strict >).
     Since b = +-1, a b = -|a| exactly where the signs differ, so one test decides both conditions:
     flip where a b + dead_zone < 0 (IEEE subtraction keeps the sign of the exact difference)."""
     if isinstance(dead_zone, torch.Tensor):
-        flipped = torch.addcmul(dead_zone, a, b) < 0
-    else:
-        flipped = torch.mul(a, b) < -dead_zone
-    return flip_where_(b, flipped)
+        ab = torch.addcmul(dead_zone, a, b)
+        return flip_where_(b, torch.lt(ab, 0, out=ab))
+    ab = torch.mul(a, b)
+    return flip_where_(b, torch.lt(ab, -dead_zone, out=ab))
 
 
 class SGDT(PerParameterOptimizer):
