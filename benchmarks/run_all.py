@@ -53,7 +53,7 @@ from bnnrepro.io import write_text  # noqa: E402
 from bnnrepro.models import MODELS, build_model  # noqa: E402
 from bnnrepro.nn.layers import init_latent_weights_  # noqa: E402
 from bnnrepro.optim import build_optimizers  # noqa: E402
-from bnnrepro.runtime import reuse_freed_memory, seed_everything, set_deterministic  # noqa: E402
+from bnnrepro.runtime import device_name, reuse_freed_memory, seed_everything, set_deterministic  # noqa: E402
 
 from data_loading import loader_rates  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
@@ -315,22 +315,12 @@ def noop_repro_of_tiny_pipeline(tmp: Path, mirror: Path | None) -> list[str]:
 
 
 # -------------------------------------------------------------------------------------------- report
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_lines(threads: int, load_before: tuple[float, ...]) -> list[str]:
     def git(*args):
         return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
 
     dirty = "-dirty" if git("status", "--porcelain", "--untracked-files=no") else ""
-    return [f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; no GPU used",
+    return [f"- CPU: {device_name(torch.device('cpu'))}, {os.cpu_count()} logical cores; no GPU used",
             f"- torch {torch.__version__}, {threads} intra-op thread(s); Python {platform.python_version()}, "
             f"{platform.system()} {platform.machine()}",
             f"- code: commit {git('rev-parse', '--short', 'HEAD')}{dirty}",

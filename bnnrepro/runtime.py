@@ -7,6 +7,7 @@ import os
 import platform
 import random
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -64,10 +65,24 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model: float kernels, and so the last bits of results, differ between
+    kinds of CPU, so a result names the one it came from."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads, {platform.machine()})"
+        return f"cuda ({device_name(device)})"
+    return f"cpu ({device_name(device)}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, {platform.machine()})"
 
 
 def git_commit() -> str:

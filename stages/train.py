@@ -25,7 +25,7 @@ from bnnrepro.engine.train import fit
 from bnnrepro.export import save_model
 from bnnrepro.io import write_json, write_text
 from bnnrepro.nn.layers import quantized_layers
-from bnnrepro.runtime import device_description, environment, git_commit, resolve_device
+from bnnrepro.runtime import device_description, device_name, environment, git_commit, resolve_device
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -80,6 +80,7 @@ def main(argv=None) -> int:
     input_spec = {"channels": c, "image_size": cfg.data.resize or h, "num_classes": dataset.num_classes}
     run_info = {"run": args.run, "paper": cfg.paper, "status": "trained", "profile": args.profile,
                 "epochs": cfg.train.epochs, "seed": cfg.train.seed, "device": device.type,
+                "device_name": device_name(device),
                 "dataset": cfg.data.dataset, "data_sha256": dataset.sha256, "model": cfg.model.arch,
                 "method": cfg.model.describe(), "optimizer": cfg.describe_optimizer(),
                 "binary_weights": sum(layer.weight.numel() for layer in quantized_layers(result.model)),

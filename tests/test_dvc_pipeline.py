@@ -22,10 +22,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import MIRROR, REPO_ROOT, offline_env
 from dvc_project import METRICS, PRODUCTS, clone, create_project, dvc_executable, project_env, run
+
+from bnnrepro.runtime import device_name
 
 DVC = dvc_executable()
 pytestmark = pytest.mark.skipif(DVC is None, reason="dvc is not installed (it is a dependency in pyproject.toml)")
@@ -178,5 +181,6 @@ def test_queue_with_two_workers_equals_running_one_after_another(built, tmp_path
         assert queued_metrics == serial_metrics
         assert queued_weights == serial_weights
         assert queued_metrics["device"] == params["device"]  # the param chose the worker's device
+        assert queued_metrics["device_name"] == device_name(torch.device(params["device"]))  # e.g. the CPU model
     a, b = (experiment_results(project, f"queued_{name}", cache)[0] for name in experiments)
     assert a["best_val_top1"] != b["best_val_top1"], "the two experiments must differ for the comparison to mean much"

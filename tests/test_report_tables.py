@@ -1,9 +1,10 @@
-"""The grid tables of reports/comparison.md, built from metrics files as stages/train.py writes them."""
+"""The tables of reports/, built from metrics files as stages/train.py writes them."""
 
 from __future__ import annotations
 
 import json
 
+from bnnrepro.report.accuracy import run_row
 from bnnrepro.report.comparison import finetune_table
 
 
@@ -27,3 +28,10 @@ def test_finetune_table_has_a_cell_per_dataset_trained_or_not(tmp_path):
     assert table.loc[("reactnet_a", "BinSFO"), "caltech101"] == "not run (quick profile)"
     assert table.loc[("bcdnet", "Adam"), "cifar10"] == "not run (quick profile)"
     assert "mnist" not in table.columns  # the MNIST MLP runs are another table
+
+
+def test_accuracy_rows_name_the_processor_when_the_run_recorded_it():
+    metrics = dict(paper="rwth", run="r", model="lenet5", dataset="mnist", method="binary", status="trained",
+                   test_top1=99.0, test_top5=99.9, profile="quick", epochs=2, seed=2, device="cpu")
+    assert run_row(metrics)["device"] == "cpu"  # metrics written before device_name was recorded
+    assert run_row({**metrics, "device_name": "AMD EPYC"})["device"] == "cpu (AMD EPYC)"

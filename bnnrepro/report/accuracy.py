@@ -41,7 +41,13 @@ def run_row(metrics: dict[str, Any]) -> dict[str, Any]:
     return {**common, "reproduced_top1": top1,
             "difference": round(top1 - reported, 2) if reported is not None else None,
             "reproduced_top5": metrics.get("test_top5"), "profile": metrics["profile"], "epochs": metrics["epochs"],
-            "seed": metrics["seed"], "device": metrics["device"], "status": status(reported, top1, note, metrics["paper"])}
+            "seed": metrics["seed"], "device": _device(metrics), "status": status(reported, top1, note, metrics["paper"])}
+
+
+def _device(metrics: dict[str, Any]) -> str:
+    """"cpu (AMD EPYC)": the kind of processor matters for the last digits (README, determinism)."""
+    name = metrics.get("device_name")
+    return f"{metrics['device']} ({name})" if name else metrics["device"]
 
 
 def pretrained_row(name: str, metadata: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
