@@ -3,14 +3,21 @@
 Every key is checked: an unknown or mistyped key, or a value of the wrong type, is an error that
 names the file and the key. `overrides` ("section.key=value", values parsed as YAML) change single
 keys from the command line; the quick profile applies its overrides the same way.
+
+Configs, recipe files and override values are read by one YAML loader (ConfigLoader): plain data only,
+no anchors or aliases (a few bytes of nested aliases expand to gigabytes), floats in YAML 1.2 spelling
+too (`1e-3`, which YAML 1.1 reads as a string), and every number finite.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +25,12 @@ from typing import Any
 
 import yaml
 
+from bnnrepro.errors import InputError, one_line
 from bnnrepro.models.common import ModelConfig
+
+# The budgets an experiment can run under (params.yaml `profile`); a config's `profiles:` keys and
+# every --profile must be one of them. No profile section: the config's own values (the paper budget).
+PROFILES = ("quick", "paper")
 
 
 @dataclass(frozen=True)
@@ -118,8 +130,58 @@ class ExperimentConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     pass
+
+
+MAX_CONFIG_BYTES = 1 << 20  # configs and recipe files are a few KB; anything near this is not one
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """yaml.SafeLoader without anchors and aliases, and with YAML 1.2 floats (`1e-3`, `-2E5`)."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise yaml.composer.ComposerError(
+                None, None, "anchors and aliases (&name, *name, <<) are not allowed: write each value out",
+                event.start_mark)
+        return super().compose_node(parent, index)
+
+
+# YAML 1.1 wants a dot in a float ("1.0e-3"); YAML 1.2 and Python also read "1e-3" as one
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                                   list("-+0123456789"))
+
+
+def _plain(value: Any, source: str, key: str = "") -> Any:
+    """Check that loaded YAML is plain data: string keys, str/int/float/bool/null/list/mapping values,
+    finite numbers. Dates, binary blobs and NaN/inf are refused here, once, for every key."""
+    where = f"{source}: {key}" if key else source
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"{where}: key {k!r} is not a string - quote it")
+            _plain(v, source, f"{key}.{k}" if key else k)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _plain(v, source, f"{key}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: {value} is not a finite number - give a finite value")
+    elif value is not None and not isinstance(value, (str, int, float, bool)):
+        raise ConfigError(f"{where}: a {type(value).__name__} is not allowed - quote the value to make it a string")
+    return value
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Plain data from YAML text (see ConfigLoader and _plain); any fault is a ConfigError naming `source`."""
+    try:
+        value = yaml.load(text, Loader=ConfigLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {one_line(str(e))} - fix the YAML") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply - flatten the YAML") from None
+    return _plain(value, source)
 
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:
@@ -128,7 +190,8 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         return float(value)
     if tp in (int, float, str, bool):
         if type(value) is not tp:
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+            hint = " (write numbers unquoted: 0.001 or 1e-3)" if tp in (int, float) and isinstance(value, str) else ""
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}{hint}")
         return value
     if origin is list:
         if not isinstance(value, list):
@@ -171,13 +234,13 @@ OPTIONAL_SECTIONS = {"optim_fp": OptimConfig}
 
 def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like section.key=value")
+        raise ConfigError(f"override '{text}': must look like section.key=value")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    return key.strip(), parse_yaml(value, f"override '{text}'")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str) -> dict[str, Any]:
-    raw = json.loads(json.dumps(raw))  # deep copy of plain YAML data
+    raw = copy.deepcopy(raw)
     for key, value in overrides.items():
         section, _, name = key.partition(".")
         if section not in {**SECTIONS, **OPTIONAL_SECTIONS} or not name:
@@ -195,13 +258,21 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str)
 
 def _read_yaml_mapping(path: Path) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(path.read_text())
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes, more than a config's limit of "
+                              f"{MAX_CONFIG_BYTES} - give the right file")
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"config file '{path}' not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        raise ConfigError(f"{path}: config file not found - check the path") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file - give a .yml file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror}) - check the path and its permissions") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}) - save the file as UTF-8") from None
+    raw = parse_yaml(text, str(path))
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level - see config/ for examples")
     return raw
 
 
@@ -230,6 +301,7 @@ def load_experiment(path: str | os.PathLike, overrides: dict[str, Any] | None = 
     overrides, then the explicit ones."""
     path = Path(path)
     raw = _read_yaml_mapping(path)
+    _profile_section(raw, path, profile)  # checks every profile name, used or not
     known = {f.name for f in dataclasses.fields(ExperimentConfig)} - {"name", "recipe"}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -239,7 +311,7 @@ def load_experiment(path: str | os.PathLike, overrides: dict[str, Any] | None = 
         raw = apply_overrides(raw, chosen["overrides"], f"{path} (recipe {recipe})")
         raw["recipe"] = str(chosen["label"])
     if profile is not None:
-        profile_overrides = dict(raw.get("profiles", {}).get(profile) or {})
+        profile_overrides = dict(_profile_section(raw, path, profile))
         profile_overrides.pop("skip", None)
         raw = apply_overrides(raw, profile_overrides, f"{path} (profile {profile})")
     raw = apply_overrides(raw, overrides or {}, f"{path} (command line)")
@@ -305,7 +377,28 @@ def _check_values(sections: dict[str, Any], path: Path | str) -> None:
                 raise ConfigError(f"{path}: {section}: {e}") from None
 
 
+def check_profile(profile: str | None, where: str = "--profile") -> None:
+    if profile is not None and profile not in PROFILES:
+        raise ConfigError(f"{where}: unknown profile '{profile}' - use one of {list(PROFILES)}")
+
+
+def _profile_section(raw: dict[str, Any], path: Path, profile: str | None) -> dict[str, Any]:
+    """The config's `profiles.<profile>` mapping ({} when it has none), after checking that `profile`
+    and every profile the config names exist: a misspelt one would silently run another budget."""
+    check_profile(profile)
+    profiles = raw.get("profiles") or {}
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"{path}: profiles: expected a mapping of profile names - see config/rwth/binary_mnist.yml")
+    for name, section in profiles.items():
+        check_profile(name, f"{path}: profiles")
+        if not isinstance(section, (dict, type(None))):
+            raise ConfigError(f"{path}: profiles.{name}: expected a mapping of overrides, got {section!r}")
+        if section and not isinstance(section.get("skip", ""), str):
+            raise ConfigError(f"{path}: profiles.{name}.skip: expected the reason as text, got {section['skip']!r}")
+    return (profiles.get(profile) or {}) if profile is not None else {}
+
+
 def skip_reason(config_path: str | os.PathLike, profile: str) -> str | None:
     """Why an experiment does not run in `profile` (its `profiles.<profile>.skip`), or None."""
-    raw = yaml.safe_load(Path(config_path).read_text()) or {}
-    return (raw.get("profiles", {}).get(profile) or {}).get("skip")
+    path = Path(config_path)
+    return _profile_section(_read_yaml_mapping(path), path, profile).get("skip")

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from bnnrepro.data.batches import BatchLoader
-from bnnrepro.data.download import DownloadError
 from bnnrepro.config import ExperimentConfig
 from bnnrepro.data.prepared import DATA_FILE, Dataset, load_dataset, prepare_dataset, resized
 from bnnrepro.engine.train import evaluate
+from bnnrepro.errors import MissingFileError, run_cli
 from bnnrepro.export import load_model, load_state_dict_checked
 from bnnrepro.io import write_json
 from bnnrepro.models import build_model
@@ -31,7 +31,7 @@ from bnnrepro.runtime import resolve_device
 def load_any(model_path: Path, device: torch.device):
     """(model, config) from a bnnrepro model folder or an official RWTH run folder."""
     if is_rwth_folder(model_path):
-        cfg = config_from_params(read_params(model_path), model_path.name)
+        cfg = config_from_params(read_params(model_path), model_path.name, str(model_path / "params.yml"))
         channels, size = (1, 28) if cfg.data.dataset == "mnist" else (3, 32)
         model = build_model(cfg.model, channels, 10, size)
         load_state_dict_checked(model, load_rwth_state_dict(model_path / "results.pt"), str(model_path / "results.pt"))
@@ -63,13 +63,12 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", type=Path, help="also write the JSON object to this file (atomically)")
     args = p.parse_args(argv)
-    try:
-        device = resolve_device(args.device)
-        model, cfg = load_any(args.model_path, device)
-        data = dataset_for(cfg.data.dataset, args.data_root)
-    except (FileNotFoundError, RuntimeError, ValueError, DownloadError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    device = resolve_device(args.device)
+    if not args.model_path.is_dir():
+        raise MissingFileError(f"{args.model_path}: no such model folder - give a folder holding model.safetensors "
+                               "and metadata.json, or an RWTH run folder")
+    model, cfg = load_any(args.model_path, device)
+    data = dataset_for(cfg.data.dataset, args.data_root)
     result = evaluate_on_test(model, cfg, data, device)
     out = {"accuracy": round(result["top1"], 2), "top5": round(result["top5"], 2), "dataset": cfg.data.dataset,
            "split": "test", "n": result["n"], "model_path": str(args.model_path), "device": device.type}
@@ -81,4 +80,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -17,7 +17,12 @@ from typing import Any, Iterator
 
 import torch
 
+from bnnrepro.errors import BadFileError, MissingFileError
+
 CHUNK = 1024 * 1024
+
+
+TEMP_SUFFIX = ".tmp"  # atomic_write's temporary files: .<name>.<random>.tmp (.dvcignore lists them)
 
 
 @contextlib.contextmanager
@@ -25,7 +30,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     """Open a temporary file beside `path`; on success rename it to `path`, on error delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
     try:
         with os.fdopen(fd, mode) as f:
@@ -37,6 +42,15 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed atomic_write left in `folder` (a file being written is renamed
+    or deleted by its writer, so call this only where no other process writes)."""
+    stale = sorted(Path(folder).glob(f".*{TEMP_SUFFIX}")) if Path(folder).is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def _umask() -> int:
@@ -61,13 +75,17 @@ def torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 def torch_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """Load a torch file without executing pickled code (tensors, dicts, lists, numbers, strings only)."""
+    if not Path(path).is_file():
+        raise MissingFileError(f"{path}: no such file - check the path")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except MemoryError:
+        raise
     except Exception as e:  # torch raises UnpicklingError, RuntimeError or EOFError depending on the damage
-        raise RuntimeError(
-            f"Cannot load '{path}': {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
-            "The file is truncated, corrupted, or holds Python objects other than tensors "
-            "(which are refused: loading never executes pickled code)."
+        raise BadFileError(
+            f"{path}: cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
+            "the file is truncated, corrupted, or holds Python objects other than tensors "
+            "(which are refused: loading never executes pickled code) - replace or delete it"
         ) from e
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bnnrepro.errors import UsageError
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -59,9 +61,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     """'auto' picks CUDA when present; 'cuda' without a GPU is an error rather than a silent CPU run."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name}: not a device name - use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{name}' requested but no CUDA GPU is available (use device: cpu or auto)")
+        raise UsageError(f"--device {name}: no CUDA GPU is available - use device: cpu or auto")
     return device
 
 
@@ -85,12 +90,16 @@ def device_description(device: torch.device) -> str:
     return f"cpu ({device_name(device)}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, {platform.machine()})"
 
 
+# dvc repro rewrites dvc.lock while the pipeline runs: that alone must not make the code "dirty"
+NOT_CODE = ("dvc.lock",)
+
+
 def git_commit() -> str:
-    """Short HEAD commit, with "-dirty" when tracked files differ from it."""
+    """Short HEAD commit, with "-dirty" when tracked files other than NOT_CODE differ from it."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                *(f":(top,exclude){p}" for p in NOT_CODE)], capture_output=True, text=True, timeout=5)
         return (head.stdout.strip() or "unknown") + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"

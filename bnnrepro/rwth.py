@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from bnnrepro.config import DataConfig, ExperimentConfig, OptimConfig, TrainConfig
+from bnnrepro.config import (MAX_CONFIG_BYTES, ConfigError, DataConfig, ExperimentConfig, OptimConfig, TrainConfig,
+                             _check_values, parse_yaml)
+from bnnrepro.errors import BadFileError, MissingFileError
 from bnnrepro.io import torch_load
 from bnnrepro.models.common import ModelConfig
 
@@ -28,13 +29,28 @@ def is_rwth_folder(path: str | os.PathLike) -> bool:
     return (Path(path) / "results.pt").is_file()
 
 
-def config_from_params(params: dict[str, Any], name: str) -> ExperimentConfig:
+def config_from_params(params: dict[str, Any], name: str, source: str = "RWTH params") -> ExperimentConfig:
+    """The config of an RWTH run from its params.yml; any value that does not fit is a BadFileError
+    naming `source`."""
+    if not isinstance(params, dict):
+        raise BadFileError(f"{source}: expected a mapping of settings - not an RWTH params.yml")
+    try:
+        cfg = _config_from_params(params, name)
+        _check_values({"data": cfg.data, "model": cfg.model, "optim": cfg.optim, "train": cfg.train}, source)
+    except ConfigError as e:
+        raise BadFileError(f"{e} - not a params.yml of the RWTH code") from None
+    except (TypeError, ValueError) as e:
+        raise BadFileError(f"{source}: {e} - not a params.yml of the RWTH code") from None
+    return cfg
+
+
+def _config_from_params(params: dict[str, Any], name: str) -> ExperimentConfig:
     dataset = params.get("dataset")
-    if dataset not in DATASETS:
-        raise ValueError(f"RWTH params: dataset '{dataset}' is not one of {sorted(DATASETS)}")
+    if not isinstance(dataset, str) or dataset not in DATASETS:
+        raise ValueError(f"dataset '{dataset}' is not one of {sorted(DATASETS)}")
     arch, mean, std = DATASETS[dataset]
     if str(params.get("net", "")).lower() != arch:
-        raise ValueError(f"RWTH params: net '{params.get('net')}' does not go with dataset '{dataset}'")
+        raise ValueError(f"net '{params.get('net')}' does not go with dataset '{dataset}'")
     if params.get("binarize"):
         model = ModelConfig(
             arch=arch, weights="binary", activations="binary", estimator=params.get("gradient_estimator", "bnn"),
@@ -56,16 +72,23 @@ def config_from_params(params: dict[str, Any], name: str) -> ExperimentConfig:
 def load_rwth_state_dict(results_path: str | os.PathLike, key: str = "model_best") -> dict[str, torch.Tensor]:
     results = torch_load(results_path)
     if not isinstance(results, dict) or key not in results:
-        raise RuntimeError(f"'{results_path}' has no '{key}' entry: not an RWTH results.pt")
+        raise BadFileError(f"{results_path}: no '{key}' entry - not an RWTH results.pt")
     state = results[key]
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
-        raise RuntimeError(f"'{results_path}': '{key}' is not a state_dict (names -> tensors)")
+        raise BadFileError(f"{results_path}: '{key}' is not a state_dict (names -> tensors) - not an RWTH results.pt")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def read_params(folder: str | os.PathLike) -> dict[str, Any]:
     path = Path(folder) / "params.yml"
     if not path.is_file():
-        raise FileNotFoundError(f"'{folder}' holds results.pt but no params.yml: cannot tell which network it is")
-    return yaml.safe_load(path.read_text())
+        raise MissingFileError(f"{folder}: holds results.pt but no params.yml, so the network is unknown - "
+                               "copy the run's params.yml beside it")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise BadFileError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes - not an RWTH params.yml")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadFileError(f"{path}: not UTF-8 text (byte {e.start}) - not an RWTH params.yml") from None
+    return parse_yaml(text, str(path))

@@ -24,6 +24,7 @@ import torch
 
 from bnnrepro.analysis import geometry_plots as plots
 from bnnrepro.analysis.geometry_report import HDParams, analyse_model, rounded, run_theory
+from bnnrepro.errors import run_cli
 from bnnrepro.io import write_json, write_text
 
 
@@ -117,4 +118,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -26,6 +26,7 @@ import torch
 from bnnrepro.config import load_experiment, parse_override
 from bnnrepro.data.prepared import load_dataset
 from bnnrepro.engine.checkpoint import load_checkpoint
+from bnnrepro.errors import run_cli
 from bnnrepro.export import load_model, save_model
 from bnnrepro.infer import evaluate_on_test
 from bnnrepro.io import write_text
@@ -52,10 +53,11 @@ def from_run(args):
     model, cfg, meta = load_model(args.run)
     history = pd.read_csv(args.history)
     result = meta["result"]
-    timing = json.loads((Path("runs/timing") / f"{args.run.name}.json").read_text())  # written by stages/train.py
+    timing = json.loads((Path("runs/timing") / f"{args.run.name}.json").read_text())  # written by stages/train.py,
+    # with the commit the training ran at (kept out of models/, which DVC hashes)
     trained = {"epochs_trained": result["epochs"], "epochs_planned": result["epochs"],
                "best_epoch": result["best_epoch"], "best_val_top1": result["best_val_top1"],
-               "train_seconds": timing["train_seconds"], "training_commit": meta["environment"]["commit"]}
+               "train_seconds": timing["train_seconds"], "training_commit": timing.get("commit")}
     return model, cfg, history, trained
 
 
@@ -102,4 +104,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

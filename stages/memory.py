@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from bnnrepro.config import load_experiment
+from bnnrepro.errors import run_cli
 from bnnrepro.io import write_text
 from bnnrepro.report.plots import plot_training_state
 from bnnrepro.report.memory import checkpoint_sizes, model_table, to_markdown, training_state_table
@@ -35,4 +36,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

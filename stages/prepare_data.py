@@ -15,8 +15,9 @@ import logging
 import sys
 from pathlib import Path
 
-from bnnrepro.data.download import DownloadError
+from bnnrepro.config import PROFILES
 from bnnrepro.data.prepared import DATA_FILE, SKIP_FILE, prepare_dataset
+from bnnrepro.errors import run_cli
 from bnnrepro.io import write_json
 
 
@@ -25,7 +26,7 @@ def main(argv=None) -> int:
     p.add_argument("name")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--raw", type=Path, required=True)
-    p.add_argument("--profile", default="quick")
+    p.add_argument("--profile", default="quick", choices=PROFILES)
     p.add_argument("--in-quick", default="true", choices=["true", "false", "True", "False"],
                    help="whether the quick profile prepares this dataset")
     args = p.parse_args(argv)
@@ -37,14 +38,10 @@ def main(argv=None) -> int:
         write_json(args.out / SKIP_FILE, {"reason": "not prepared in the quick profile (run the paper profile)"})
         print(f"{args.name}: skipped in profile {args.profile}")
         return 0
-    try:
-        path = prepare_dataset(args.name, args.out, args.raw)
-    except DownloadError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    path = prepare_dataset(args.name, args.out, args.raw)
     print(f"{args.name}: prepared {path}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bnnrepro.errors import run_cli
 from bnnrepro.io import write_text
 import yaml
 
@@ -48,4 +49,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

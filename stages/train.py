@@ -23,7 +23,8 @@ from bnnrepro.data.prepared import load_dataset
 from bnnrepro.engine.distributed import init_from_env
 from bnnrepro.engine.train import fit
 from bnnrepro.export import save_model
-from bnnrepro.io import write_json, write_text
+from bnnrepro.errors import run_cli
+from bnnrepro.io import remove_stale_temp_files, write_json, write_text
 from bnnrepro.nn.layers import quantized_layers
 from bnnrepro.runtime import device_description, device_name, environment, git_commit, resolve_device
 
@@ -70,6 +71,9 @@ def main(argv=None) -> int:
         write_skipped(args, reason, cfg)
         return 0
     ranks, device = init_from_env(resolve_device(args.device))  # several ranks under torchrun
+    if ranks.is_main:  # what a killed write of an earlier run left behind (only rank 0 writes there)
+        for folder in (args.checkpoints / args.run, args.models / args.run):
+            remove_stale_temp_files(folder)
     dataset = load_dataset(args.data)
     result = fit(cfg, dataset, device, args.checkpoints / args.run / f"{cfg.digest()}.pt", ranks=ranks,
                  pretrained_dir=args.pretrained_dir)
@@ -91,12 +95,13 @@ def main(argv=None) -> int:
     if "pretrained" in result.extra:  # the official checkpoint fine-tuned: its SHA-256 and what was loaded
         run_info["pretrained"] = result.extra["pretrained"]
     run_env = {"device": device_description(device), "threads": torch.get_num_threads(), "processes": ranks.world,
-               "commit": commit, **environment(device)}
+               **environment(device)}
     save_model(result.model, args.models / args.run, cfg, input_spec, "latent", {"result": run_info, "environment": run_env})
-    # wall-clock time differs run to run: it stays out of every DVC output (models/, reports/), so two
-    # runs give byte-identical outputs and dvc.lock, and goes to the untracked runs/timing/ instead
+    # wall-clock time and the commit differ between runs that give the same weights: they stay out of every
+    # DVC output (models/, reports/), so identical runs give byte-identical outputs and dvc.lock, and go to
+    # the untracked runs/timing/ instead. (The device, threads and versions stay: they can change the numbers.)
     write_json(args.timing / f"{args.run}.json", {
-        **run_env, "train_seconds": round(result.train_seconds, 1), "resumed_from_epoch": result.resumed_from_epoch,
+        **run_env, "commit": commit, "train_seconds": round(result.train_seconds, 1), "resumed_from_epoch": result.resumed_from_epoch,
         "seconds_per_epoch": round(result.train_seconds / max(len(result.history) - result.resumed_from_epoch, 1), 2),
         "epoch_seconds": [row["epoch_seconds"] for row in result.history]})
     write_json(args.reports / args.run / "metrics.json", run_info)
@@ -111,4 +116,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -68,7 +68,7 @@ def test_wrong_type(tmp_path):
     ("train", "epochs", 2.5),        # float for int
     ("train", "epochs", True),       # bool is not an int here
     ("model", "bias", "yes"),        # string for bool
-    ("optim", "lr", "1e-3"),         # YAML 1.1 reads 1e-3 (no dot) as a string
+    ("optim", "lr", "0.1x"),         # a string for a float
     ("data", "mean", 0.5),           # scalar for list
     ("optim", "lr_milestones", [1, "x"]),
 ])

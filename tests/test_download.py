@@ -132,7 +132,10 @@ def test_prepare_data_stage_fails_cleanly_on_corrupt_mirror(mirror, tmp_path, re
     env["PYTHONPATH"] = str(repo_root)
     proc = subprocess.run([sys.executable, "stages/prepare_data.py", "mnist", "--out", str(out), "--raw", str(raw)],
                           cwd=repo_root, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]  # one line
+    assert error.startswith(f"error: {raw / 'train-images-idx3-ubyte.gz'}: ")
     assert "expected MD5" in proc.stderr
     assert MNIST_MD5["train-images-idx3-ubyte.gz"] in proc.stderr
     assert "checksum mismatch" in proc.stderr and MIRROR_ENV in proc.stderr

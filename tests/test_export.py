@@ -22,6 +22,7 @@ import bnnrepro.infer as infer
 from bnnrepro.config import load_experiment
 from bnnrepro.data.prepared import Dataset, write_prepared
 from bnnrepro.engine.train import fit
+from bnnrepro.errors import run_cli
 from bnnrepro.export import load_model, pack_signs, save_model, unpack_signs
 from bnnrepro.models import build_model
 from bnnrepro.nn.layers import quantized_layers
@@ -405,17 +406,17 @@ def test_infer_main_on_an_rwth_folder(trained, data_root, tmp_path, capsys):
 def test_infer_cli_nonexistent_model_path(data_root, tmp_path):
     missing = tmp_path / "no_such_model"
     proc = run_infer("--model-path", str(missing), "--json", "--data-root", str(data_root))
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr.startswith("error:") and "no_such_model" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_infer_main_truncated_model_is_exit_1(data_root, tmp_path, capsys):
+def test_infer_main_truncated_model_is_exit_2(data_root, tmp_path, capsys):
     save_model(lenet(), tmp_path / "m", config(), LENET_INPUT, fmt="packed")
     path = tmp_path / "m" / "model.safetensors"
     path.write_bytes(path.read_bytes()[:100])
-    assert infer.main(["--model-path", str(tmp_path / "m"), "--data-root", str(data_root)]) == 1
+    assert run_cli(infer.main, ["--model-path", str(tmp_path / "m"), "--data-root", str(data_root)]) == 2
     assert "truncated" in capsys.readouterr().err
 
 

@@ -14,6 +14,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from bnnrepro.errors import InputError
 from bnnrepro.io import CHUNK, atomic_write, file_digest
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ class Resource:
     urls: tuple[str, ...]  # official locations, tried in order after the mirror
 
 
-class DownloadError(RuntimeError):
+class DownloadError(InputError, RuntimeError):
     pass
 
 
@@ -67,9 +68,9 @@ def fetch(resource: Resource, dataset: str, dest_dir: str | os.PathLike, mirror:
         except (OSError, ValueError, urllib.error.URLError) as e:
             failures.append(f"  {source}: {e}")
     raise DownloadError(
-        f"Could not get a verified copy of '{resource.filename}' ({dataset}, expected MD5 {resource.md5}).\n"
+        f"{dest}: could not get a verified copy ({dataset}, expected MD5 {resource.md5}).\n"
         "Tried:\n" + "\n".join(failures) + "\n"
-        f"Point {MIRROR_ENV} at a folder or base URL holding '{dataset}/{resource.filename}' "
+        f"- point {MIRROR_ENV} at a folder or base URL holding '{dataset}/{resource.filename}' "
         f"(e.g. {MIRROR_ENV}=../shared/mirror), or place the file in '{Path(dest_dir)}'."
     )
 

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save
 
 from bnnrepro.data.download import fetch, mirror_from_env
 from bnnrepro.data.sources import get_source
+from bnnrepro.errors import BadFileError, MissingFileError
 from bnnrepro.io import atomic_write, file_digest
 
 SPLIT_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
@@ -100,16 +101,16 @@ def load_dataset(folder: str | os.PathLike) -> Dataset:
     path = folder / DATA_FILE
     if (folder / SKIP_FILE).is_file():
         reason = json.loads((folder / SKIP_FILE).read_text())["reason"]
-        raise FileNotFoundError(f"Dataset '{folder.name}' was not prepared: {reason}")
+        raise MissingFileError(f"{folder}: dataset '{folder.name}' was not prepared: {reason}")
     if not path.is_file():
-        raise FileNotFoundError(f"Prepared dataset '{path}' not found. Build it with `dvc repro data@{folder.name}` "
-                                f"or `python stages/prepare_data.py {folder.name}`.")
+        raise MissingFileError(f"{path}: prepared dataset not found - build it with `dvc repro data@{folder.name}` "
+                               f"or `python stages/prepare_data.py {folder.name}`")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads(f.metadata()[META_KEY])
         tensors = load_file(str(path))
     except Exception as e:  # safetensors reports damage as SafetensorError, a missing key as KeyError/TypeError
-        raise RuntimeError(f"Cannot read prepared dataset '{path}': {e}. Delete it and rebuild it with "
-                           f"`dvc repro data@{folder.name}`.") from e
+        raise BadFileError(f"{path}: cannot read the prepared dataset ({e}) - delete it and rebuild it with "
+                           f"`dvc repro data@{folder.name}`") from e
     return Dataset(name=meta["name"], num_classes=meta["num_classes"], max_value=meta["max_value"],
                    sha256=file_digest(path, "sha256"), **{k: tensors[k] for k in SPLIT_KEYS})

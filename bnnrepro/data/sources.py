@@ -22,6 +22,7 @@ from torchvision import datasets as tvd
 
 from bnnrepro.data.download import Resource
 from bnnrepro.data.folders import IMAGE_SIZE, load_class_folders, pets_breed, sort_into_class_folders
+from bnnrepro.errors import UsageError
 
 Tensors = dict[str, torch.Tensor]
 
@@ -236,5 +237,5 @@ SOURCES: dict[str, DatasetSource] = {
 
 def get_source(name: str) -> DatasetSource:
     if name not in SOURCES:
-        raise ValueError(f"Unknown dataset '{name}'. Valid datasets: {sorted(SOURCES)}")
+        raise UsageError(f"{name}: unknown dataset - use one of {sorted(SOURCES)}")
     return SOURCES[name]

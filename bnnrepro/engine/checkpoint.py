@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from bnnrepro.errors import BadFileError
 from bnnrepro.io import torch_load, torch_save
 
 SCHEMA_VERSION = 1
@@ -26,9 +27,9 @@ def load_checkpoint(path: str | os.PathLike, digest: str) -> dict[str, Any] | No
         return None
     state = torch_load(path)
     if not isinstance(state, dict) or state.get("schema_version") != SCHEMA_VERSION:
-        raise RuntimeError(f"'{path}' is not a bnnrepro checkpoint of schema {SCHEMA_VERSION}. "
-                           "Delete it to train from scratch.")
+        raise BadFileError(f"{path}: not a bnnrepro checkpoint of schema {SCHEMA_VERSION} - "
+                           "delete it to train from scratch")
     if state.get("digest") != digest:
-        raise RuntimeError(f"'{path}' was written for another config (digest {state.get('digest')}, "
-                           f"this run is {digest}). Delete it to train from scratch.")
+        raise BadFileError(f"{path}: written for another config (digest {state.get('digest')}, "
+                           f"this run is {digest}) - delete it to train from scratch")
     return state

@@ -26,6 +26,7 @@ from bnnrepro.data.prepared import Dataset, resized
 from bnnrepro.engine.checkpoint import load_checkpoint, save_checkpoint
 from bnnrepro.engine.distributed import Ranks, wrap
 from bnnrepro.engine.losses import bin_regularizer, loss_function
+from bnnrepro.errors import InputError
 from bnnrepro.models import build_model
 from bnnrepro.models.pretrained import load_pretrained
 from bnnrepro.nn.layers import clip_latent_weights_, init_latent_weights_, quantized_layers
@@ -156,14 +157,27 @@ def _train_steps(model, loader, optimizer, cfg, epoch, bar, flips, packed, ranks
     return {"train_loss": loss_sum.item() / seen, "train_top1": 100.0 * correct.item() / seen}
 
 
+class TrainingDiverged(InputError, FloatingPointError):
+    """The loss or the weights stopped being finite: the config's rates do not train this network."""
+
+
+def check_finite_weights(model: nn.Module, cfg: ExperimentConfig, epoch: int) -> None:
+    """Stop before a non-finite tensor reaches a checkpoint or a model file. The loss alone does not
+    tell: binary layers see only sign(w), so NaN latent weights can leave every loss finite."""
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise TrainingDiverged(f"{cfg.name}: {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} not finite after "
+                               f"epoch {epoch}: training stopped, nothing saved - lower optim.lr or check the config")
+
+
 def _train_step(model, x, y, optimizer, cfg, epoch, step, loss_fn, use_bin_reg, flips):
     logits = model(x)
     loss = loss_fn(logits, y)
     if use_bin_reg:
         loss = loss + cfg.optim.weight_decay * bin_regularizer(model)
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {step}: training stopped "
-                                 "(lower optim.lr or check the data)")
+        raise TrainingDiverged(f"{cfg.name}: loss is {loss.item()} at epoch {epoch}, step {step}: training stopped "
+                               "- lower optim.lr or check the data")
     optimizer.zero_grad()
     loss.backward()
     if cfg.optim.grad_clip > 0:  # element-wise, before the optimizer sees it (tf.clip_by_value in BinaryNet)
@@ -222,6 +236,7 @@ def fit(cfg: ExperimentConfig, dataset: Dataset, device: torch.device, checkpoin
         tic = time.perf_counter()
         row = train_one_epoch(model, loaders.train, optimizer, cfg, epoch, bar, net, ranks)
         seconds = time.perf_counter() - tic
+        check_finite_weights(model, cfg, epoch)
         val = evaluate(model, loaders.val)
         train_seconds += seconds
         row = {"epoch": epoch, **lrs, **row, "val_top1": val["top1"], "val_top5": val["top5"],

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from bnnrepro.errors import BadFileError, MissingFileError
 from bnnrepro.io import file_digest, torch_load
 
 HEAD_PREFIX = "fc."  # the replaced head: never loaded (the official fc / fc_dist classify ImageNet's 1000 classes)
@@ -88,7 +89,7 @@ def find_checkpoint_file(name: str, folder: str | os.PathLike | None, mirror: st
         if path.is_file():
             return path
     tried = "\n".join(f"  {p}" for p in candidates) or "  (no folder given)"
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"The official '{name}' checkpoint '{entry.filename}' is not here. Tried:\n{tried}\n"
         f"Download it from {entry.url}\n({entry.origin}) and save it as "
         f"'{candidates[0] if candidates else entry.filename}'. No checksum is published; the run records the "
@@ -100,11 +101,11 @@ def read_official_state_dict(path: str | os.PathLike, state_key: str) -> dict[st
     saved = torch_load(path)
     if not isinstance(saved, dict) or state_key not in saved:
         keys = sorted(saved)[:10] if isinstance(saved, dict) else type(saved).__name__
-        raise RuntimeError(f"'{path}' has no '{state_key}' entry (it has {keys}): not the expected official checkpoint")
+        raise BadFileError(f"'{path}' has no '{state_key}' entry (it has {keys}): not the expected official checkpoint")
     state = saved[state_key]
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
-        raise RuntimeError(f"'{path}': '{state_key}' is not a state_dict (names -> tensors)")
+        raise BadFileError(f"'{path}': '{state_key}' is not a state_dict (names -> tensors)")
     return {k.removeprefix(PARALLEL_PREFIX): v for k, v in state.items()}
 
 
@@ -119,12 +120,12 @@ def load_official_parameters(model: nn.Module, state: dict[str, torch.Tensor], w
     backbone = [n for n in params if not n.startswith(HEAD_PREFIX)]
     missing = [n for n in backbone if n not in state]
     if missing:
-        raise RuntimeError(f"{where} lacks {len(missing)} parameters of the model, e.g. {missing[:5]}: "
+        raise BadFileError(f"{where} lacks {len(missing)} parameters of the model, e.g. {missing[:5]}: "
                            "not a checkpoint of this network")
     wrong = [f"{n}: {tuple(state[n].shape)} vs ours {tuple(params[n].shape)}" for n in backbone
              if state[n].shape != params[n].shape]
     if wrong:
-        raise RuntimeError(f"{where}: {len(wrong)} parameters have another shape, e.g. {wrong[:3]} "
+        raise BadFileError(f"{where}: {len(wrong)} parameters have another shape, e.g. {wrong[:3]} "
                            "(model.width must be 1 for the official checkpoints)")
     for n in backbone:
         params[n].copy_(state[n])
@@ -143,6 +144,6 @@ def load_pretrained(model: nn.Module, arch: str, name: str, folder: str | os.Pat
     path = find_checkpoint_file(name, folder, mirror)
     sha256 = file_digest(path, "sha256")
     if entry.published_sha256 and sha256 != entry.published_sha256:
-        raise RuntimeError(f"'{path}' has SHA-256 {sha256}, the publisher's is {entry.published_sha256}")
+        raise BadFileError(f"'{path}' has SHA-256 {sha256}, the publisher's is {entry.published_sha256}")
     report = load_official_parameters(model, read_official_state_dict(path, entry.state_key), str(path))
     return PretrainedLoad(name=name, file=entry.filename, sha256=sha256, **report)
