@@ -195,27 +195,27 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {value!r} - write [a, b, ...]")
         (item,) = typing.get_args(tp)
         return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {value!r} - write {{key: value, ...}}")
         return value
     return value
 
 
 def _build(cls, values: Any, where: str):
     if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping of keys, got {values!r}")
+        raise ConfigError(f"{where}: expected a mapping of keys, got {values!r} - see config/ for examples")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}. Valid keys: {sorted(fields)}")
+        raise ConfigError(f"{where}: unknown key(s) {unknown} - valid keys: {sorted(fields)}")
     missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise ConfigError(f"{where}: missing required key(s) {missing}")
+        raise ConfigError(f"{where}: missing required key(s) {missing} - add them")
     hints = typing.get_type_hints(cls)
     return cls(**{k: _check_type(v, hints[k], f"{where}.{k}") for k, v in values.items()})
 
@@ -244,14 +244,16 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str)
     for key, value in overrides.items():
         section, _, name = key.partition(".")
         if section not in {**SECTIONS, **OPTIONAL_SECTIONS} or not name:
-            raise ConfigError(f"{source}: cannot override '{key}': use section.key with section in "
+            raise ConfigError(f"{source}: cannot override '{key}' - use section.key with section in "
                               f"{sorted({**SECTIONS, **OPTIONAL_SECTIONS})}")
-        target = raw.setdefault(section, {})
+        if raw.get(section) is None:
+            raw[section] = {}
+        target = raw[section]
         *parents, leaf = name.split(".")  # section.key, or deeper into a mapping: optim.args.mask
-        for part in parents:
-            target = target.setdefault(part, {})
+        for part in (section, *parents):
+            target = target.setdefault(part, {}) if part != section else target
             if not isinstance(target, dict):
-                raise ConfigError(f"{source}: cannot override '{key}': '{part}' is not a mapping")
+                raise ConfigError(f"{source}: cannot override '{key}': '{part}' is not a mapping - override '{part}' itself")
         target[leaf] = value
     return raw
 
@@ -284,14 +286,14 @@ def load_recipe(spec: str) -> dict[str, Any]:
     dataset. One file holds a paper's recipes, so a grid (recipes x datasets) needs no copied configs."""
     file, _, name = spec.rpartition(":")
     if not file or not name:
-        raise ConfigError(f"recipe '{spec}' must look like FILE:NAME")
+        raise ConfigError(f"recipe '{spec}': must look like FILE:NAME - e.g. config/sgdat/optimizers.yml:sgdm")
     recipes = _read_yaml_mapping(Path(file))
     if name not in recipes:
-        raise ConfigError(f"{file}: no recipe '{name}'. Recipes: {sorted(recipes)}")
+        raise ConfigError(f"{file}: no recipe '{name}' - use one of {sorted(recipes)}")
     recipe = recipes[name]
     unknown = sorted(set(recipe) - set(RECIPE_KEYS)) if isinstance(recipe, dict) else ["(not a mapping)"]
     if unknown:
-        raise ConfigError(f"{file}: recipe '{name}': unknown key(s) {unknown}. Valid keys: {list(RECIPE_KEYS)}")
+        raise ConfigError(f"{file}: recipe '{name}': unknown key(s) {unknown} - valid keys: {list(RECIPE_KEYS)}")
     return {"label": name, "overrides": {}, "reported": {}, **recipe}
 
 
@@ -305,7 +307,7 @@ def load_experiment(path: str | os.PathLike, overrides: dict[str, Any] | None = 
     known = {f.name for f in dataclasses.fields(ExperimentConfig)} - {"name", "recipe"}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key(s) {unknown}. Valid keys: {sorted(known)}")
+        raise ConfigError(f"{path}: unknown top-level key(s) {unknown} - valid keys: {sorted(known)}")
     if recipe is not None:
         chosen = load_recipe(recipe)
         raw = apply_overrides(raw, chosen["overrides"], f"{path} (recipe {recipe})")
@@ -364,11 +366,11 @@ def _check_values(sections: dict[str, Any], path: Path | str) -> None:
             continue
         value = getattr(sections[section], name)
         if rule in allowed and value not in allowed[rule]:
-            raise ConfigError(f"{path}: {shown} = {value!r} is not one of {list(allowed[rule])}")
+            raise ConfigError(f"{path}: {shown} = {value!r} is not one of {list(allowed[rule])} - use one of them")
         if rule in POSITIVE and not value > 0:
-            raise ConfigError(f"{path}: {shown} must be > 0, got {value!r}")
+            raise ConfigError(f"{path}: {shown} must be > 0, got {value!r} - give a positive value")
         if rule in NON_NEGATIVE and value < 0:
-            raise ConfigError(f"{path}: {shown} must be >= 0, got {value!r}")
+            raise ConfigError(f"{path}: {shown} must be >= 0, got {value!r} - give a value >= 0")
     for section in ("optim", "optim_fp"):
         if section in sections:
             try:
@@ -392,9 +394,9 @@ def _profile_section(raw: dict[str, Any], path: Path, profile: str | None) -> di
     for name, section in profiles.items():
         check_profile(name, f"{path}: profiles")
         if not isinstance(section, (dict, type(None))):
-            raise ConfigError(f"{path}: profiles.{name}: expected a mapping of overrides, got {section!r}")
+            raise ConfigError(f"{path}: profiles.{name}: expected a mapping of overrides, got {section!r} - write {{section.key: value}}")
         if section and not isinstance(section.get("skip", ""), str):
-            raise ConfigError(f"{path}: profiles.{name}.skip: expected the reason as text, got {section['skip']!r}")
+            raise ConfigError(f"{path}: profiles.{name}.skip: expected the reason as text, got {section['skip']!r} - quote it")
     return (profiles.get(profile) or {}) if profile is not None else {}
 
 

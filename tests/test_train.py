@@ -16,6 +16,7 @@ from bnnrepro.data.prepared import Dataset
 from bnnrepro.engine.checkpoint import SCHEMA_VERSION, load_checkpoint, save_checkpoint
 from bnnrepro.engine.losses import bin_regularizer, squared_hinge
 from bnnrepro.engine.train import fit
+from bnnrepro.errors import BadFileError
 from bnnrepro.models import build_model
 from bnnrepro.nn.layers import clip_latent_weights_, quantized_layers
 from bnnrepro.optim import build_optimizer, lr_at_epoch
@@ -248,7 +249,7 @@ def test_truncated_checkpoint_is_a_clear_error(dataset, reference_run, tmp_path)
     broken.write_bytes(data[: len(data) // 2])
     with pytest.raises(RuntimeError, match="truncated") as info:
         fit(config(), dataset, CPU, broken, progress=False)
-    assert type(info.value) is RuntimeError
+    assert type(info.value) is BadFileError  # our message, not the unpickler's
     assert str(broken) in str(info.value)
     broken.write_bytes(data[:100])
     with pytest.raises(RuntimeError, match="truncated"):
@@ -279,6 +280,25 @@ def test_nan_loss_stops_training_naming_epoch_and_step(dataset, tmp_path, monkey
     with pytest.raises(FloatingPointError, match=r"epoch 1, step 3"):
         fit(config(), dataset, CPU, ckpt, progress=False)
     assert not ckpt.exists()  # nothing half-trained was checkpointed
+
+
+def test_non_finite_weights_stop_training_though_the_loss_is_finite(dataset, tmp_path, monkeypatch):
+    # an infinite step on the last batch of epoch 1: every loss of that epoch was finite, the weights are not
+    # (binary layers only see sign(w), so a NaN latent weight need never show in the loss)
+    steps_per_epoch = (300 - 100) // 50
+    calls = []
+
+    def clip_then_poison(model, c):
+        calls.append(1)
+        if len(calls) == steps_per_epoch:
+            quantized_layers(model)[1].weight.data[0, 0] = float("inf")
+
+    monkeypatch.setattr(train_mod, "clip_latent_weights_", clip_then_poison)
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(train_mod.TrainingDiverged, match=r"conv2.weight not finite after epoch 1") as info:
+        fit(config(), dataset, CPU, ckpt, progress=False)
+    assert "lower optim.lr" in str(info.value)
+    assert not ckpt.exists()  # the non-finite weights were never checkpointed
 
 
 # ------------------------------------------------------------------------ losses and schedule
