@@ -71,7 +71,7 @@ class DataConfig:
     flip: bool = False                # random horizontal flip (training batches)
     crop_padding: int = 0             # random crop after padding by this many pixels (training batches)
     pad_mode: str = "constant"        # constant (zeros) | replicate (edge)
-    augment_val: bool = False         # RWTH validates on augmented images (spec C.4)
+    augment_val: bool = False         # RWTH validates on augmented images (docs/rwth.md#augmented-validation)
     resize: int = 0                   # resize every image to resize x resize first, bilinear (BinSFO: MNIST
                                       # at 64 x 64); 0: native size
 
@@ -96,7 +96,7 @@ class OptimConfig:
     args: dict[str, Any] = field(default_factory=dict)  # the optimizer's own keyword arguments (e.g. Bop's
                                       # threshold), checked against its constructor
     reset_each_epoch: bool = False    # forget the optimizer state at every epoch start: the SGDAT / BinaryNet
-                                      # codes rebuild their optimizers each epoch (spec C.14)
+                                      # codes rebuild their optimizers each epoch (docs/sgdat.md#per-epoch-optimizer-rebuild)
     lr_cosine_epochs: int = 0         # cosine annealing to 0 over this many epochs, stepped at each epoch start
                                       # as BinSFO's CosineAnnealingLR (0: off)
     lr_batch_reference: int = 0       # lr *= sqrt(batch_size / reference): BinSFO's rule with reference 96 (0: off)
@@ -112,7 +112,7 @@ class TrainConfig:
     pack_weights: bool = False        # binary-weight optimizers: keep the weights as sign bits (8 per byte)
                                       # between steps, float +-1 only during forward/backward/step
     latent_init: str = "model"        # model: the layers' own init | zero: every latent weight starts at 0, as
-                                      # the SGDAT code (spec C.13; the first forward then uses sign(0) = +1)
+                                      # the SGDAT code (docs/sgdat.md#zero-latent-init)
 
 
 @dataclass(frozen=True)

@@ -113,8 +113,8 @@ def check_options(cfg: ModelConfig, supported: tuple[str, ...]) -> None:
 
 
 def input_binarizer(precision: str, sees_image: bool) -> nn.Module:
-    """What a weight layer of the BinaryNet codes (SGDAT, BinaryNet.pytorch) does to its input (spec B.3,
-    C.18): a layer with binary weights binarizes its input unless that input is the image; a
+    """What a weight layer of the BinaryNet codes (SGDAT, BinaryNet.pytorch) does to its input
+    (docs/sgdat.md#input-binarization): a layer with binary weights binarizes its input unless that input is the image; a
     full-precision layer takes real values. The public code infers this from the input size (3 channels,
     784 features); here each layer gets it explicitly.
 
