@@ -70,7 +70,8 @@ def results(tmp_path) -> claims.Results:
     model_cfg = {"arch": "lenet5", "weights": "binary"}
     write(tmp_path / "pretrained" / "lenet" / "metadata.json",
           {"config": {"paper": "rwth", "reported": {"top1": 99.16}, "model": model_cfg, "optim": {"name": "sgd"}},
-           "profile": "paper", "epochs_trained": 500, "published_epochs": 500, "seed": 2, "device": "cpu"})
+           "profile": "paper", "epochs_trained": 500, "published_epochs": 500, "seed": 2,
+           "budget": "500 epochs (the published recipe: 500); CPU, 2 thread(s); seed 2"})
     write(tmp_path / "reports" / "pretrained" / "lenet.json", {"accuracy": 99.12, "n": 10000, "dataset": "mnist"})
     write(tmp_path / "reports" / "memory_training_state.csv",
           "model,method,measured_state_kib,peak_step_kib,peak_step_batch\n"

@@ -97,12 +97,8 @@ def _shipped(name: str, results: Results) -> dict[str, Any]:
     meta, result = json.loads(meta_file.read_text()), json.loads(result_file.read_text())
     published = meta["config"].get("reported", {}).get("top1")
     verdict, how_far = accuracy_verdict(published, result["accuracy"], result["n"])
-    epochs = (f"{meta['epochs_trained']} epochs" if meta["epochs_trained"] >= meta["published_epochs"]
-              else f"{meta['epochs_trained']} of the published {meta['published_epochs']} epochs")
-    threads = meta.get("threads")
-    device = f"{meta.get('device', 'cpu')}" + (f", {threads} threads" if threads else "")
     return {"published": published, "ours": result["accuracy"], "verdict": verdict, "how_far": how_far,
-            "budget": f"shipped model: {epochs}, seed {meta['seed']}, {device}", "source": f"pretrained/{name}"}
+            "budget": f"shipped model: {meta['budget']}", "source": f"pretrained/{name}"}
 
 
 def from_grid(claim: dict, results: Results) -> dict[str, Any]:
