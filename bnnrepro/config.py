@@ -26,7 +26,46 @@ from typing import Any
 import yaml
 
 from bnnrepro.errors import InputError, one_line
-from bnnrepro.models.common import ModelConfig
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one network. Float and binary variants of a model differ only in these values."""
+
+    arch: str                   # registered model name: lenet5 | vggnet7 | mlp | binarynet | resnet_sgdat |
+                                # reactnet_a | bcdnet
+    weights: str = "binary"     # fp | binary: precision of every weight layer (see the *_fp and ternary_* keys)
+    activations: str = "binary" # relu | binary
+    estimator: str = "bnn"      # STE of quantized activations: vanilla | bnn | bireal | swish
+    swish_beta: float = 10.0
+    layer_order: str = "CPBA"   # CBAP: conv-BN-act-pool, CPBA: conv-pool-BN-act (RWTH's binary preset)
+    bias: bool = False          # biases on quantized layers (full-precision layers always have one)
+    batchnorm: bool = True
+    width: float = 1.0          # channel multiplier (RWTH width_infl for LeNet5, width_scale for VGGNet7)
+    first_layer_fp: bool = False
+    last_layer_fp: bool = False
+    ternary_weights: str = ""   # one digit per weight layer, 1 = ternary weights (RWTH tern_weights); "" = none
+    ternary_acts: str = ""      # one digit per quantized activation, 1 = ternary (RWTH tern_acts); "" = none
+    padding: str = "rwth"       # VGGNet7 only. rwth: valid conv1, replicate SAME conv2-6 (32 -> 3x3 before fc1);
+                                # same_zeros: every conv 3x3 SAME with zeros (Courbariaux / Anderson & Berg; 32 -> 4x4)
+    bn_scale: bool = True       # false: BatchNorm with a learned shift beta but no scale gamma (TF's scale=False)
+    last_bn_shift: bool = False # the output BatchNorm learns a shift beta (Anderson & Berg); RWTH's has neither
+    depth: int = 4              # MLP only: number of Linear layers (4 = three hidden + output)
+    hidden: int = 1024          # MLP only: width of the hidden layers
+    bn_affine: bool = False     # MLP only: hidden BatchNorms learn scale and shift (BWS --affine)
+    bn_out: bool = True         # MLP only: BatchNorm (affine=False) on the logits (BWS --batch_norm_out)
+    xnor_scale: str = "none"    # reactnet_a, bcdnet: binary conv weights times alpha = mean|W|: none (BinSFO's
+                                # default) | tensor (BinSFO --xnor) | channel (AdamBNN / BCDNet as trained)
+    pretrained: str = ""        # reactnet_a, bcdnet: official checkpoint loaded before training (a key of
+                                # bnnrepro.models.pretrained.OFFICIAL_CHECKPOINTS: adambnn | bcdnet); "" = none
+
+    def describe(self) -> str:
+        """Short name of the method for tables: 'float' or the binarization scheme."""
+        if self.weights == "fp":
+            return "float"
+        ternary = " (ternary: w " + (self.ternary_weights or "-") + ", a " + (self.ternary_acts or "-") + ")"
+        has_ternary = "1" in self.ternary_weights + self.ternary_acts
+        order = f", {self.layer_order}" if self.arch in ("lenet5", "vggnet7") else ""  # the RWTH models' option
+        return f"binary, STE {self.estimator}{order}{ternary if has_ternary else ''}"
 
 # The budgets an experiment can run under (params.yaml `profile`); a config's `profiles:` keys and
 # every --profile must be one of them. No profile section: the config's own values (the paper budget).
@@ -44,7 +83,7 @@ class DataConfig:
     flip: bool = False                # random horizontal flip (training batches)
     crop_padding: int = 0             # random crop after padding by this many pixels (training batches)
     pad_mode: str = "constant"        # constant (zeros) | replicate (edge)
-    augment_val: bool = False         # RWTH validates on augmented images (spec C.4)
+    augment_val: bool = False         # RWTH validates on augmented images (docs/rwth.md#augmented-validation)
     resize: int = 0                   # resize every image to resize x resize first, bilinear (BinSFO: MNIST
                                       # at 64 x 64); 0: native size
 
@@ -69,7 +108,7 @@ class OptimConfig:
     args: dict[str, Any] = field(default_factory=dict)  # the optimizer's own keyword arguments (e.g. Bop's
                                       # threshold), checked against its constructor
     reset_each_epoch: bool = False    # forget the optimizer state at every epoch start: the SGDAT / BinaryNet
-                                      # codes rebuild their optimizers each epoch (spec C.14)
+                                      # codes rebuild their optimizers each epoch (docs/sgdat.md#per-epoch-optimizer-rebuild)
     lr_cosine_epochs: int = 0         # cosine annealing to 0 over this many epochs, stepped at each epoch start
                                       # as BinSFO's CosineAnnealingLR (0: off)
     lr_batch_reference: int = 0       # lr *= sqrt(batch_size / reference): BinSFO's rule with reference 96 (0: off)
@@ -85,7 +124,7 @@ class TrainConfig:
     pack_weights: bool = False        # binary-weight optimizers: keep the weights as sign bits (8 per byte)
                                       # between steps, float +-1 only during forward/backward/step
     latent_init: str = "model"        # model: the layers' own init | zero: every latent weight starts at 0, as
-                                      # the SGDAT code (spec C.13; the first forward then uses sign(0) = +1)
+                                      # the SGDAT code (docs/sgdat.md#zero-latent-init)
 
 
 @dataclass(frozen=True)
@@ -298,9 +337,14 @@ def load_recipe(spec: str) -> dict[str, Any]:
 
 
 def load_experiment(path: str | os.PathLike, overrides: dict[str, Any] | None = None,
-                    profile: str | None = None, recipe: str | None = None) -> ExperimentConfig:
+                    profile: str | None = None, recipe: str | None = None,
+                    check_registries: bool = True) -> ExperimentConfig:
     """Load and validate `path`; apply the recipe (FILE:NAME, see load_recipe), the profile's
-    overrides, then the explicit ones."""
+    overrides, then the explicit ones.
+
+    `check_registries=False` checks keys and types but not the registered names (models, optimizers,
+    losses, ...): the registries import torch, which costs seconds per process, and a stage that only
+    records why a profile skips an experiment needs its description, not its validation."""
     path = Path(path)
     raw = _read_yaml_mapping(path)
     _profile_section(raw, path, profile)  # checks every profile name, used or not
@@ -321,7 +365,8 @@ def load_experiment(path: str | os.PathLike, overrides: dict[str, Any] | None = 
     sections = {name: _build(cls, raw.get(name), f"{where}: {name}") for name, cls in SECTIONS.items()}
     sections.update({name: _build(cls, raw[name], f"{where}: {name}")
                      for name, cls in OPTIONAL_SECTIONS.items() if raw.get(name) is not None})
-    _check_values(sections, where)
+    if check_registries:
+        _check_values(sections, where)
     if recipe is not None:  # the paper's numbers for this recipe on this dataset (none: our own experiment)
         raw["reported"] = chosen["reported"].get(sections["data"].dataset, {})
     top = {k: raw[k] for k in ("paper", "description", "reported", "profiles", "recipe") if k in raw}

@@ -1,7 +1,7 @@
 """Read the official checkpoints of the RWTH "Efficient Binary Neural Networks" code (seed 002).
 
 A run folder holds `params.yml` (the merged settings) and `results.pt`, whose `model_best` is a
-plain state_dict; binary layers hold +-1 weights (spec A.9, A.10). `results.pt` is read with
+plain state_dict; binary layers hold +-1 weights (docs/rwth.md#official-checkpoints). `results.pt` is read with
 `weights_only=True`, so no pickled code runs; `params.pt` (a pickled argparse.Namespace) is never read.
 The layer names of our LeNet5/VGGNet7 follow the RWTH modules (conv1.., bn1.., fc1..); a
 `module.` prefix left by nn.DataParallel is removed.
@@ -21,7 +21,7 @@ from bnnrepro.errors import BadFileError, MissingFileError
 from bnnrepro.io import torch_load
 from bnnrepro.models.common import ModelConfig
 
-# dataset -> (network, normalization) as the RWTH code pairs them (spec A.1, A.2)
+# dataset -> (network, normalization) as the RWTH code pairs them (docs/rwth.md#data)
 DATASETS = {"mnist": ("lenet5", [0.0], [1.0]), "cifar10": ("vggnet7", [0.5] * 3, [0.5] * 3)}
 
 
@@ -60,7 +60,7 @@ def _config_from_params(params: dict[str, Any], name: str) -> ExperimentConfig:
             first_layer_fp=bool(params.get("first_weights_fullprecision") or params.get("l1_fp")),
             last_layer_fp=bool(params.get("last_weights_fullprecision") or params.get("ln_fp")),
             ternary_weights=str(params.get("tern_weights", "") or ""), ternary_acts=str(params.get("tern_acts", "") or ""))
-    else:  # the float networks ignore the binary options (spec C.11)
+    else:  # the float networks ignore the binary options (docs/rwth.md#float-networks)
         model = ModelConfig(arch=arch, weights="fp", activations="relu", layer_order="CBAP", bias=True)
     return ExperimentConfig(
         name=name, paper="rwth", description=f"official RWTH checkpoint ({name})",

@@ -1,4 +1,5 @@
-"""DVC stage report: reports/accuracy.{md,csv} and reports/plots/*.png from the pipeline's results."""
+"""DVC stage report: the front page reports/README.md and reports/summary.json (from config/claims.yml),
+reports/accuracy.{md,csv}, the grid tables and reports/plots/*.png, from the pipeline's results."""
 
 from __future__ import annotations
 
@@ -6,13 +7,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from bnnrepro.errors import run_cli
-from bnnrepro.io import write_text
 import yaml
 
-from bnnrepro.report import comparison
+from bnnrepro.errors import run_cli
+from bnnrepro.io import write_json, write_text
+from bnnrepro.report import claims, comparison
 from bnnrepro.report.accuracy import collect, to_markdown
-from bnnrepro.report.plots import plot_reproduced_vs_reported, plot_runs, plot_rwth_curves
+from bnnrepro.report.plots import plot_claims, plot_reproduced_vs_reported, plot_runs, plot_rwth_curves
 
 
 def main(argv=None) -> int:
@@ -23,8 +24,15 @@ def main(argv=None) -> int:
     p.add_argument("--reference", type=Path, default=Path("reference"))
     p.add_argument("--recipes", type=Path, default=Path("config/sgdat/optimizers.yml"),
                    help="recipe file: its order is the comparison table's row order")
+    p.add_argument("--claims", type=Path, default=Path("config/claims.yml"))
     p.add_argument("--out", type=Path, default=Path("reports"))
     args = p.parse_args(argv)
+
+    papers, claim_list = claims.load_claims(args.claims)
+    front = claims.evaluate(claim_list, claims.Results(args.runs, args.pretrained, args.pretrained_results, args.out))
+    plot_claims(front, args.out / "plots" / "claims.png")
+    write_text(args.out / "README.md", claims.front_page(front, papers, "plots/claims.png"))
+    write_json(args.out / "summary.json", claims.summary(front))
 
     table = collect(args.runs, args.pretrained, args.pretrained_results)
     write_text(args.out / "accuracy.csv", table.to_csv(index=False))
@@ -44,7 +52,7 @@ def main(argv=None) -> int:
     write_text(args.out / "binsfo_finetune.csv", finetune.to_csv(index=False))
     write_text(args.out / "comparison.md", comparison.to_markdown(compare, bws, binsfo, finetune))
     comparison.plot_comparison(compare, args.out / "plots" / "comparison.png")
-    print(to_markdown(table))
+    print((args.out / "README.md").read_text())
     return 0
 
 

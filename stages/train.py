@@ -15,18 +15,12 @@ import logging
 import sys
 from pathlib import Path
 
-import pandas as pd
-import torch
-
 from bnnrepro.config import load_experiment, parse_override, skip_reason
-from bnnrepro.data.prepared import load_dataset
-from bnnrepro.engine.distributed import init_from_env
-from bnnrepro.engine.train import fit
-from bnnrepro.export import save_model
 from bnnrepro.errors import run_cli
 from bnnrepro.io import remove_stale_temp_files, write_json, write_text
-from bnnrepro.nn.layers import quantized_layers
-from bnnrepro.runtime import device_description, device_name, environment, git_commit, resolve_device
+
+# torch and everything that trains are imported in train(), after the skip check: in the quick profile
+# most grid stages only record why they do not run, and importing torch would cost them seconds each
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,16 +54,32 @@ def write_skipped(args, reason: str, cfg) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    overrides = dict(parse_override(o) for o in args.override)
+    reason = skip_reason(args.config, args.profile)
+    if reason:
+        cfg = load_experiment(args.config, overrides, profile=args.profile, recipe=args.recipe,
+                              check_registries=False)
+        write_skipped(args, reason, cfg)
+        return 0
+    return train(args, overrides)
+
+
+def train(args: argparse.Namespace, overrides: dict) -> int:
+    import pandas as pd
+    import torch
+
+    from bnnrepro.data.prepared import load_dataset
+    from bnnrepro.engine.distributed import init_from_env
+    from bnnrepro.engine.train import fit
+    from bnnrepro.export import save_model
+    from bnnrepro.nn.layers import quantized_layers
+    from bnnrepro.runtime import device_description, device_name, environment, git_commit, resolve_device
+
     commit = git_commit()  # now: the code this process runs was loaded from this commit
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = dict(parse_override(o) for o in args.override)
     cfg = load_experiment(args.config, overrides, profile=args.profile, recipe=args.recipe)
-    reason = skip_reason(args.config, args.profile)
-    if reason:
-        write_skipped(args, reason, cfg)
-        return 0
     ranks, device = init_from_env(resolve_device(args.device))  # several ranks under torchrun
     if ranks.is_main:  # what a killed write of an earlier run left behind (only rank 0 writes there)
         for folder in (args.checkpoints / args.run, args.models / args.run):
@@ -85,7 +95,8 @@ def main(argv=None) -> int:
     run_info = {"run": args.run, "paper": cfg.paper, "status": "trained", "profile": args.profile,
                 "epochs": cfg.train.epochs, "seed": cfg.train.seed, "device": device.type,
                 "device_name": device_name(device),
-                "dataset": cfg.data.dataset, "data_sha256": dataset.sha256, "model": cfg.model.arch,
+                "dataset": cfg.data.dataset, "num_classes": dataset.num_classes, "data_sha256": dataset.sha256,
+                "model": cfg.model.arch,
                 "method": cfg.model.describe(), "optimizer": cfg.describe_optimizer(),
                 "binary_weights": sum(layer.weight.numel() for layer in quantized_layers(result.model)),
                 "reported": cfg.reported, "best_epoch": result.best_epoch,

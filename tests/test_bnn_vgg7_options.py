@@ -1,4 +1,4 @@
-"""The options behind config/hd/bnn_vgg7_cifar10.yml (Anderson & Berg's BinaryNet VGG-7, spec 1.2):
+"""The options behind config/hd/bnn_vgg7_cifar10.yml (Anderson & Berg's BinaryNet VGG-7, docs/hd-geometry.md#binarynet-vgg-7):
 model.padding, model.bn_scale, model.last_bn_shift, optim.lr_exp_decay, optim.grad_clip. Their
 defaults leave every existing config unchanged, digests included."""
 

@@ -1,5 +1,5 @@
 """Saved models (latent and 1-bit packed), official RWTH run folders, and the inference CLI
-(spec A.9, A.10, C.8)."""
+(docs/rwth.md#official-checkpoints)."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def test_binary_convs_are_the_quantized_parameters(arch):
     assert {id(p) for p in quantized} == {id(p) for n, p in model.named_parameters() if n in by_name}
     assert len(quantized) + len(real) == len(list(model.parameters()))
     assert not any(isinstance(m, QuantConv2d) for m in (model.feature[0].conv1, model.fc[0]))
-    # batch statistics in evaluation too (D6): no running statistics anywhere
+    # batch statistics in evaluation too (docs/binsfo.md#batch-statistics-batchnorm): no running statistics anywhere
     assert not any(n.endswith("running_mean") for n, _ in model.named_buffers())
 
 
@@ -92,5 +92,5 @@ def test_one_epoch_of_each_algorithm_from_the_official_layout(tmp_path, model, r
         assert all(set(w.unique().tolist()) <= {-1.0, 1.0} for w in binary.values())
     else:  # latent methods: fine-tuned latent weights
         assert any(not torch.equal(w, state[f"{n}.weight"].clamp(-1, 1)) for n, w in binary.items())
-    if recipe != "adam":  # BinSFO: binary weights at 0.1 x lr, both scaled by sqrt(batch / 96) (spec 2.3)
+    if recipe != "adam":  # BinSFO: binary weights at 0.1 x lr, both scaled by sqrt(batch / 96) (docs/binsfo.md#batch-coefficient)
         assert row["lr"] == pytest.approx(1e-4 * math.sqrt(8 / 96)) and row["lr_fp"] == pytest.approx(1e-3 * math.sqrt(8 / 96))

@@ -1,4 +1,4 @@
-"""FlipOptimizer (BWS / BinSFO, spec 1.2-1.4, 2.2-2.4): masks, schedulers, seeding and resume."""
+"""FlipOptimizer (docs/bws.md#flip-rule, docs/binsfo.md#auto-temperature): masks, schedulers, seeding and resume."""
 
 import inspect
 import math
@@ -29,9 +29,9 @@ def binomial_tolerance(q: float, n: int) -> float:
 @pytest.mark.parametrize("g", [1e-4, 5e-3, 2e-2])
 def test_emp_flip_rate_equals_latent_sgd_sign_changes(g):
     """Latent w ~ N(0, sigma^2), one SGD step w' = w - eta g: the fraction of weights whose sign changes
-    (among those the step pushes towards zero) is erf(eta g / (sqrt2 sigma)), EMP's flip rate (spec 1.1)."""
+    (among those the step pushes towards zero) is erf(eta g / (sqrt2 sigma)), EMP's flip rate (docs/bws.md#flip-rule)."""
     sigma, eta, n = 0.01, 0.5, 200_000
-    expected = math.erf(eta * g / (math.sqrt(2) * sigma))  # 0.0040, 0.1974, 0.6827 (spec 1.1)
+    expected = math.erf(eta * g / (math.sqrt(2) * sigma))  # 0.0040, 0.1974, 0.6827 (docs/bws.md#flip-rule)
     w = sigma * torch.randn(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     towards_zero = w > 0  # b g > 0 for g > 0
     latent_rate = ((w - eta * g) < 0)[towards_zero].double().mean().item()
@@ -145,7 +145,7 @@ def test_gaussian_and_scaled_gaussian_by_hand():
 
 
 def test_gaussian_bws_lacks_the_square_root():
-    """Spec 1.4: tau = 707, s = 1e-3 -> 354 in the BWS code, 500 with the exact variance update."""
+    """docs/bws.md#temperature-schedulers: tau = 707, s = 1e-3 -> 354 in the BWS code, 500 with the exact variance update."""
     g = [1e-3, -1e-3, 1e-3, -1e-3]
     s = statistics.stdev(g)
     lr = 10.0

@@ -1,4 +1,4 @@
-"""BinSFO's class-folder datasets (spec 2.8), on tiny folders and archives written here with PIL."""
+"""BinSFO's class-folder datasets (docs/binsfo.md#folder-datasets), on tiny folders and archives written here with PIL."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""High-dimensional geometry of binarization (Anderson & Berg, arXiv 1705.07199; spec PART 1):
+"""High-dimensional geometry of binarization (Anderson & Berg, arXiv 1705.07199; docs/hd-geometry.md):
 the issue's acceptance numbers, the building blocks, and the stage on a tiny LeNet5 (latent and packed)."""
 
 from __future__ import annotations

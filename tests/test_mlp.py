@@ -1,4 +1,4 @@
-"""The BWS / BinSFO multilayer perceptron (spec 1.7, 2.7)."""
+"""The BWS / BinSFO multilayer perceptron (docs/bws.md#mlp, docs/binsfo.md#mlp-on-mnist)."""
 
 import dataclasses
 
@@ -55,7 +55,7 @@ def test_init_and_layers():
     w = torch.cat([m.weight.flatten() for m in linears(model)])
     assert w.std().item() == pytest.approx(0.01, rel=0.02) and abs(w.mean().item()) < 1e-3
     acts = [m for m in model.modules() if isinstance(m, QuantAct)]
-    assert len(acts) == 2 and all(a.estimator == "bnn" for a in acts)  # clipped STE (spec 1.10-1)
+    assert len(acts) == 2 and all(a.estimator == "bnn" for a in acts)  # clipped STE (docs/bws.md#clipped-ste)
     fp = mlp(depth=3, weights="fp", activations="relu", batchnorm=False, bn_out=False)
     assert all(m.precision == "fp" for m in linears(fp))
     assert sum(isinstance(m, nn.ReLU) for m in fp.modules()) == 2

@@ -1,4 +1,4 @@
-"""LeNet5 and VGGNet7 of the RWTH code (spec A.4, A.5, C.2, C.11)."""
+"""LeNet5 and VGGNet7 of the RWTH code (docs/rwth.md#lenet5, docs/rwth.md#vggnet7, docs/rwth.md#same-padding)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""1-bit storage of binary weights between optimizer steps (bnnrepro.nn.packing, spec D5)."""
+"""1-bit storage of binary weights between optimizer steps (bnnrepro.nn.packing, docs/bws.md#packed-weights)."""
 
 import numpy as np
 import torch

@@ -1,4 +1,4 @@
-"""Sign/ternary quantizers and their straight-through estimators (spec A.3, C.1, C.3, C.12)."""
+"""Sign/ternary quantizers and their straight-through estimators (docs/rwth.md#quantizers-and-ste, docs/rwth.md#ternary)."""
 
 from __future__ import annotations
 
@@ -185,7 +185,7 @@ def test_ternary_activation_gradient_is_the_ste_gradient():
 
 @pytest.mark.parametrize("precision", ["binary", "ternary"])
 def test_quantize_weight_gradient_is_identity(precision):
-    """Weight STE has no |w| <= 1 mask (spec A.3): the gradient reaches latent weights outside [-1, 1] too."""
+    """Weight STE has no |w| <= 1 mask (docs/rwth.md#quantizers-and-ste): the gradient reaches latent weights outside [-1, 1] too."""
     w = torch.tensor([-3.0, -1.0, -0.2, 0.0, 0.05, 0.7, 1.0, 2.5], requires_grad=True)
     upstream = torch.arange(1.0, 9.0)
     quantize_weight(w, precision).backward(upstream)

@@ -1,6 +1,6 @@
 """Training regimes: one optimizer for the quantized weights (`optim`), another for the full-precision
 parameters (`optim_fp`), optimizer arguments checked against the constructor, the lr schedule factors,
-the per-epoch state reset and the zero latent init of the SGDAT code (spec B.1, B.7, C.13, C.14)."""
+the per-epoch state reset and the zero latent init of the SGDAT code (docs/sgdat.md#reproduction-decisions)."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def test_flip_count_of_latent_training_counts_sign_changes(tmp_path):
 
 
 def test_zero_latent_init_takes_the_first_step_from_zero():
-    """SGDAT code (spec C.13): latents start at 0, so after the first SGD step w = clip(-lr g)."""
+    """SGDAT code (docs/sgdat.md#zero-latent-init): latents start at 0, so after the first SGD step w = clip(-lr g)."""
     cfg = config(**{"train.latent_init": "zero", "optim.momentum": 0.0, "optim.lr": 0.5})
     model = build_model(cfg.model, 1, 10, 28)
     weights = [layer.weight for layer in quantized_layers(model)]

@@ -32,6 +32,6 @@ def test_finetune_table_has_a_cell_per_dataset_trained_or_not(tmp_path):
 
 def test_accuracy_rows_name_the_processor_when_the_run_recorded_it():
     metrics = dict(paper="rwth", run="r", model="lenet5", dataset="mnist", method="binary", status="trained",
-                   test_top1=99.0, test_top5=99.9, profile="quick", epochs=2, seed=2, device="cpu")
+                   test_top1=99.0, test_top5=99.9, test_n=10000, profile="quick", epochs=2, seed=2, device="cpu")
     assert run_row(metrics)["device"] == "cpu"  # metrics written before device_name was recorded
     assert run_row({**metrics, "device_name": "AMD EPYC"})["device"] == "cpu (AMD EPYC)"

@@ -1,8 +1,8 @@
 """Our binary LeNet5 computes exactly what the official RWTH "Efficient Binary Neural Networks" code computes.
 
 The official network (RWTH-IDS/efficient-binary-neural-networks, models/lenet.py LeNet5_binary with the
-binary_mnist preset: CPBA, STE bnn, no biases) is re-written below from spec A
-(../shared/specs/latent-optimizers-rwth-sgdat.md A.3, A.4, A.6) with plain torch ops, and fed the weights
+binary_mnist preset: CPBA, STE bnn, no biases) is re-written below from its
+description in docs/rwth.md (quantizers-and-ste, lenet5, training-loop) with plain torch ops, and fed the weights
 of our model built from config/rwth/binary_mnist.yml. On one random batch we check bit-identical logits,
 loss, gradients and BatchNorm running statistics in train mode, and logits in eval mode afterwards.
 
@@ -29,7 +29,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "config" / "rwth" / "binary_mnist
 BINARY_WEIGHTS = ("conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight")
 
 
-# ------------------------------------------------------------------ the official code, from spec A
+# ------------------------------------------------------------------ the official code, docs/rwth.md
 def official_binarize(t):
     """models/binary_modules.py binarize: [-1, 1] -> [0, 1], round (half to even), back to +-1 (A.3)."""
     return ((t + 1) / 2).clamp(0, 1).round() * 2 - 1

@@ -1,4 +1,4 @@
-"""BinaryNet and the binary "ResNet-18" of the SGDAT code (spec B.3, B.4, C.17, C.18, C.20, C.22)."""
+"""BinaryNet and the binary "ResNet-18" of the SGDAT code (docs/sgdat.md#binarynet, docs/sgdat.md#resnet-18)."""
 
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ def test_binarynet_binary_and_fp_parameters(binarynets, classes, size, binary_we
     assert [layers[n] for n in binary] == quantized_layers(model)
     assert all(layers[n].bias is None for n in binary)
     assert sum(layers[n].weight.numel() for n in binary) == binary_weights
-    assert round(binary_weights / 1e6, 1) == {32: 14.0, 64: 39.2}[size]  # spec B.4
+    assert round(binary_weights / 1e6, 1) == {32: 14.0, 64: 39.2}[size]  # docs/sgdat.md#binarynet
     # everything else is full precision: conv1 and fc3 with biases, and the BatchNorms
     assert layers["conv1"].precision == layers["fc3"].precision == "fp"
     assert layers["conv1"].bias is not None and layers["fc3"].bias is not None

@@ -1,5 +1,5 @@
 """The training loop: clipping, determinism, resume, refusal of foreign checkpoints, losses, lr schedule
-(spec A.6, C.3, C.6, C.7). Every run is a binary LeNet5 on a tiny synthetic MNIST-shaped dataset."""
+(docs/rwth.md#training-loop). Every run is a binary LeNet5 on a tiny synthetic MNIST-shaped dataset."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """High-dimensional geometry of binarization: Anderson & Berg, "The High-Dimensional Geometry of
 Binary Neural Networks" (arXiv 1705.07199; code github.com/alexanderganderson/bnn_vis).
 
-Two properties explain why binary networks work (spec ../shared/specs/hd-geometry-and-field-anchors.md,
-PART 1, section 1.3; "spec 1.3 X" below points into it):
+Two properties explain why binary networks work (docs/hd-geometry.md#claims):
 
 - Angle preservation. For x ~ N(0, I_d), cos angle(x, sign(x)) = sum|x_i| / (sqrt(d) |x|) tends to
   E|x| / sqrt(E x^2) = sqrt(2/pi), so the angle concentrates at arccos(sqrt(2/pi)) = 37.07 deg with
@@ -86,7 +85,7 @@ class AngleSamples:
 
 
 def sign_angle_mc(d: int, n: int, gen: torch.Generator) -> AngleSamples:
-    """Angle Preservation Property (Anderson & Berg; spec 1.3 A): angle(x, sign(x)) for n vectors
+    """Angle Preservation Property (docs/hd-geometry.md#angle-preservation): angle(x, sign(x)) for n vectors
     x ~ N(0, I_d); mean -> arccos(sqrt(2/pi)) = 37.07 deg, sd ~ 0.352/sqrt(d) rad. For contrast,
     the angle between independent Gaussian vectors (the n/2 disjoint pairs of the same draws),
     which concentrates at 90 deg with sd ~ 1/sqrt(d) rad."""
@@ -107,7 +106,7 @@ def _normal_cdf(t: float) -> float:
 
 def ternary_cosine(t: float) -> float:
     """cos angle(x, T(x)) in the d -> infinity limit, for x ~ N(0, 1) coordinates and
-    T(x) = sign(x) * 1[|x| > t] (t = threshold / sigma), Anderson & Berg's ternary case (spec 1.3 F):
+    T(x) = sign(x) * 1[|x| > t] (t = threshold / sigma), Anderson & Berg's ternary case (docs/hd-geometry.md#ternary-angle):
         E[|x| 1(|x|>t)] / sqrt(E[x^2] P(|x|>t)) = sqrt(2) phi(t) / sqrt(1 - Phi(t)).
     t = 0 gives the binary sqrt(2/pi)."""
     return math.sqrt(2) * _normal_pdf(t) / math.sqrt(1 - _normal_cdf(t))
@@ -151,7 +150,7 @@ def haar_rotation(d: int, gen: torch.Generator) -> torch.Tensor:
 
 def anisotropic_sign_angle_mc(d: int, n: int, k: float, gen: torch.Generator,
                               rotation: torch.Tensor | None = None) -> np.ndarray:
-    """angle(u, sign(u)) for correlated inputs (Anderson & Berg; spec 1.3 E; hd_figures "Exponential
+    """angle(u, sign(u)) for correlated inputs (docs/hd-geometry.md#correlated-inputs; hd_figures "Exponential
     Covariance"): u_i = z_i exp(k (i - d/2)), z ~ N(0, I_d), i = 0..d-1 (the notebook scales the
     standard deviation by this factor). A few coordinates dominate, so sign() loses the direction
     and the angle leaves 37 deg. With a fixed rotation R the vector is binarized in a generic
@@ -177,7 +176,7 @@ def pearson_and_slope(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor
 
 
 def isotropic_dot_products(d: int, n: int, gen: torch.Generator) -> dict[str, object]:
-    """Dot Product Proportionality Property (Anderson & Berg; spec 1.3 D): for one w ~ N(0, I_d) and n
+    """Dot Product Proportionality Property (docs/hd-geometry.md#dot-product-proportionality): for one w ~ N(0, I_d) and n
     inputs a with i.i.d. +-1 entries (E[a a^T] = I), corr(a . sign(w), a . w) = cos angle(w, sign(w))
     ~ 0.80, and the slope of a . w on a . sign(w) is mean|w_i|."""
     w = torch.randn(d, generator=gen, dtype=torch.float64)
@@ -223,7 +222,7 @@ def kde_peak(samples: np.ndarray, grid: np.ndarray, bandwidth: float) -> float:
 @torch.no_grad()
 def filter_angles(layer: nn.Module) -> np.ndarray:
     """Per output filter, angle(w^c, w^b) in rad between the latent weights (flattened to the fan-in
-    d = cin * kh * kw, or in_features) and their quantized values (their gen_plots angle_plot; spec 1.3 B)."""
+    d = cin * kh * kw, or in_features) and their quantized values (their angle_plot; docs/hd-geometry.md#learned-weights)."""
     w = layer.weight.detach().flatten(1)
     return angle(w, quantized_weight(layer).flatten(1)).numpy()
 

@@ -51,7 +51,7 @@ class Theory:
 
 
 def run_theory(p: HDParams) -> Theory:
-    """Every Monte Carlo of spec 1.3 A, E, F and the isotropic case of D."""
+    """Every Monte Carlo of docs/hd-geometry.md#claims: sign and ternary angles, correlated inputs, isotropic dot products."""
     sign = {d: g.sign_angle_mc(d, p.n_mc, g.generator(p.seed, "sign", d)) for d in p.dims}
     ternary = g.ternary_angle_mc(p.ternary_d, p.n_mc, list(p.thresholds), g.generator(p.seed, "ternary", p.ternary_d))
     rotation = {}

@@ -1,7 +1,7 @@
 """Persistent training state per algorithm: what a method keeps between two training steps.
 
-Counted two ways for each method on a model: from the method's formula (bits per binary weight, spec
-3.1 of the flip-optimizer spec) and from the live tensors after one real training step through the
+Counted two ways for each method on a model: from the method's formula (bits per binary weight, see
+docs/bws.md#memory-claim) and from the live tensors after one real training step through the
 training loop's own pieces (build_optimizers, PackedBinaryWeights): bytes of every parameter (or of its
 sign bits, when packed) plus every tensor in the optimizers' state, plus the module buffers.
 

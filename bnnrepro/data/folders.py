@@ -1,4 +1,4 @@
-"""Class-folder image datasets of BinSFO's fine-tuning (spec 2.8): Caltech-101/256, Oxford Pets and Flowers.
+"""Class-folder image datasets of BinSFO's fine-tuning (docs/binsfo.md#folder-datasets): Caltech-101/256, Oxford Pets and Flowers.
 
 BinSFO reads `<root>/<class>/*.jpg` with the classes and files sorted, splits the list with scikit-learn's
 `train_test_split(indices, test_size=0.15, random_state=42)`, and feeds every image through

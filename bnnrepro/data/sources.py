@@ -128,7 +128,7 @@ def _parse_tiny_imagenet(raw: Path) -> Tensors:
 
 # ---------------------------------------------------------------------------------------------- Digit
 def digits_split(labels: np.ndarray) -> np.ndarray:
-    """Test mask of the binary-weight-space code's Digit split (spec 1.8): sort the indices by label,
+    """Test mask of the binary-weight-space code's Digit split (docs/bws.md#digit-split): sort the indices by label,
     lay them row by row over a 10 x 180 grid, and take grid columns 144-179 as test.
     That gives 1440 train / 357 test. A stable sort fixes the order inside each class."""
     order = np.argsort(labels, kind="stable")

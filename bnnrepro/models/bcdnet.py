@@ -1,4 +1,4 @@
-"""BCDNet-A (Xing et al., ECCV 2022) with the classifier head BinSFO fine-tunes (spec 2.7).
+"""BCDNet-A (Xing et al., ECCV 2022) with the classifier head BinSFO fine-tunes (docs/binsfo.md#pretrained-networks).
 
 Sources: Sense-GVT/BCDNet prototype/model/a_3.py (the network of the pretrained "Step2" checkpoint) and
 BinSFO's models/BCDNet.py (the port with the replaced head). ReActNet-A's stem up to 1024 channels,

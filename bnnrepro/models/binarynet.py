@@ -1,4 +1,4 @@
-"""BinaryNet, the VGG-style network of the SGDAT code (spec B.4; gushan/SGDAT models/binarynet.py), for
+"""BinaryNet, the VGG-style network of the SGDAT code (docs/sgdat.md#binarynet; gushan/SGDAT models/binarynet.py), for
 CIFAR-10/100 (32x32) and Tiny ImageNet (64x64).
 
     conv1 3->128, fp with bias         -> BN -> Hardtanh                  8S x 8S
@@ -17,10 +17,10 @@ weights, no bias, and binarized inputs (the sign of the previous Hardtanh, see `
 14.0 M binary weights on CIFAR, 39.2 M on Tiny ImageNet. PyTorch's default initialisation.
 
 The public model ends in LogSoftmax before a cross-entropy loss; log-softmax of log-softmax changes
-nothing, so the model returns the logits and the loss applies log-softmax once (spec C.22).
+nothing, so the model returns the logits and the loss applies log-softmax once (docs/sgdat.md#logsoftmax).
 
 The SGDAT code keeps conv1 and fc3 in full precision: set model.first_layer_fp and model.last_layer_fp
-(spec C.17). Without them both get binary weights as in BinaryNet.pytorch (conv1 still sees the real
+(docs/sgdat.md#first-and-last-layers). Without them both get binary weights as in BinaryNet.pytorch (conv1 still sees the real
 image, fc3 then sees binarized activations). model.width multiplies the channels of conv1-5 (the public
 infl_ratio, 1 in the SGDAT code); conv6 stays at 512 channels, as there.
 """

@@ -2,53 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
 import torch
 import torch.nn as nn
 
+from bnnrepro.config import ModelConfig  # noqa: F401  (re-exported: the model files import it from here)
 from bnnrepro.nn.layers import QuantAct
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of one network. Float and binary variants of a model differ only in these values."""
-
-    arch: str                   # registered model name: lenet5 | vggnet7 | mlp | binarynet | resnet_sgdat |
-                                # reactnet_a | bcdnet
-    weights: str = "binary"     # fp | binary: precision of every weight layer (see the *_fp and ternary_* keys)
-    activations: str = "binary" # relu | binary
-    estimator: str = "bnn"      # STE of quantized activations: vanilla | bnn | bireal | swish
-    swish_beta: float = 10.0
-    layer_order: str = "CPBA"   # CBAP: conv-BN-act-pool, CPBA: conv-pool-BN-act (RWTH's binary preset)
-    bias: bool = False          # biases on quantized layers (full-precision layers always have one)
-    batchnorm: bool = True
-    width: float = 1.0          # channel multiplier (RWTH width_infl for LeNet5, width_scale for VGGNet7)
-    first_layer_fp: bool = False
-    last_layer_fp: bool = False
-    ternary_weights: str = ""   # one digit per weight layer, 1 = ternary weights (RWTH tern_weights); "" = none
-    ternary_acts: str = ""      # one digit per quantized activation, 1 = ternary (RWTH tern_acts); "" = none
-    padding: str = "rwth"       # VGGNet7 only. rwth: valid conv1, replicate SAME conv2-6 (32 -> 3x3 before fc1);
-                                # same_zeros: every conv 3x3 SAME with zeros (Courbariaux / Anderson & Berg; 32 -> 4x4)
-    bn_scale: bool = True       # false: BatchNorm with a learned shift beta but no scale gamma (TF's scale=False)
-    last_bn_shift: bool = False # the output BatchNorm learns a shift beta (Anderson & Berg); RWTH's has neither
-    depth: int = 4              # MLP only: number of Linear layers (4 = three hidden + output)
-    hidden: int = 1024          # MLP only: width of the hidden layers
-    bn_affine: bool = False     # MLP only: hidden BatchNorms learn scale and shift (BWS --affine)
-    bn_out: bool = True         # MLP only: BatchNorm (affine=False) on the logits (BWS --batch_norm_out)
-    xnor_scale: str = "none"    # reactnet_a, bcdnet: binary conv weights times alpha = mean|W|: none (BinSFO's
-                                # default) | tensor (BinSFO --xnor) | channel (AdamBNN / BCDNet as trained)
-    pretrained: str = ""        # reactnet_a, bcdnet: official checkpoint loaded before training (a key of
-                                # bnnrepro.models.pretrained.OFFICIAL_CHECKPOINTS: adambnn | bcdnet); "" = none
-
-    def describe(self) -> str:
-        """Short name of the method for tables: 'float' or the binarization scheme."""
-        if self.weights == "fp":
-            return "float"
-        ternary = " (ternary: w " + (self.ternary_weights or "-") + ", a " + (self.ternary_acts or "-") + ")"
-        has_ternary = "1" in self.ternary_weights + self.ternary_acts
-        order = f", {self.layer_order}" if self.arch in ("lenet5", "vggnet7") else ""  # the RWTH models' option
-        return f"binary, STE {self.estimator}{order}{ternary if has_ternary else ''}"
 
 
 def _digits(value: str, n: int, key: str) -> list[bool]:
@@ -153,8 +113,8 @@ def check_options(cfg: ModelConfig, supported: tuple[str, ...]) -> None:
 
 
 def input_binarizer(precision: str, sees_image: bool) -> nn.Module:
-    """What a weight layer of the BinaryNet codes (SGDAT, BinaryNet.pytorch) does to its input (spec B.3,
-    C.18): a layer with binary weights binarizes its input unless that input is the image; a
+    """What a weight layer of the BinaryNet codes (SGDAT, BinaryNet.pytorch) does to its input
+    (docs/sgdat.md#input-binarization): a layer with binary weights binarizes its input unless that input is the image; a
     full-precision layer takes real values. The public code infers this from the input size (3 channels,
     784 features); here each layer gets it explicitly.
 

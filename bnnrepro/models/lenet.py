@@ -1,4 +1,4 @@
-"""LeNet5 of the RWTH "Efficient Binary Neural Networks" code (spec A.4), float and binary.
+"""LeNet5 of the RWTH "Efficient Binary Neural Networks" code (docs/rwth.md#lenet5), float and binary.
 
     conv1 1->32w 5x5 pad 2 -> [pool] -> BN -> act        28 -> 14
     conv2 32w->64w 5x5     -> [pool] -> BN -> act        14 -> 10 -> 5

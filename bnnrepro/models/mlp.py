@@ -1,17 +1,17 @@
-"""The multilayer perceptron of the binary-weight-space (BWS) and BinSFO codes (spec 1.7, 2.7).
+"""The multilayer perceptron of the binary-weight-space (BWS) and BinSFO codes (docs/bws.md#mlp, docs/binsfo.md#mlp-on-mnist).
 
     flatten -> (depth - 1) x [Linear(-> hidden) -> BN1d(hidden) -> act] -> Linear(-> classes) -> [BN1d(classes)]
 
 `depth` counts Linear layers: 4 is three hidden layers plus the output layer; 1 is a single
 input -> classes layer (BinSFO allows it, the BWS code breaks on it). Every BatchNorm normalizes with the
 statistics of the current batch, in evaluation too (track_running_stats=False): neither code keeps running
-statistics nor calls eval(), so test accuracy depends on the test batch size (spec 1.7, decision D6).
+statistics nor calls eval(), so test accuracy depends on the test batch size (docs/bws.md#batch-statistics-batchnorm).
 The output BatchNorm never has an affine part; the hidden ones have one only with `bn_affine`.
 
 Flags (BWS command-line name in brackets): weights binary|fp [b_weight], activations binary|relu [b_act],
 bias [bias], batchnorm [batch_norm], bn_affine [affine], bn_out [batch_norm_out]. Binary weights
-are QuantLinear(precision="binary") (identity STE, spec 1.6); binary activations QuantAct with the
-model's estimator, "bnn" being the clipped STE of the BWS SignModule (spec 1.10-1). Init: weights
+are QuantLinear(precision="binary") (identity STE, docs/bws.md#straight-through-estimators); binary activations QuantAct with the
+model's estimator, "bnn" being the clipped STE of the BWS SignModule (docs/bws.md#clipped-ste). Init: weights
 N(0, 0.01^2), biases 0; a flip optimizer then keeps only their signs.
 
 BWS large FCN on MNIST (Exp. 5.1): depth 4, hidden 128, no bias, bn_affine false, bn_out true:

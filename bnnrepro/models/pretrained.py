@@ -1,6 +1,6 @@
 """The official pretrained checkpoints BinSFO fine-tunes, and how their parameters reach our models.
 
-BinSFO (spec 2.7) starts from ImageNet-trained AdamBNN (ReActNet-A) and BCDNet-A checkpoints and copies
+BinSFO (docs/binsfo.md#pretrained-networks) starts from ImageNet-trained AdamBNN (ReActNet-A) and BCDNet-A checkpoints and copies
 every *parameter* whose name matches, after removing the "module." prefix left by DataParallel. It keeps
 the freshly initialised head and does not copy BatchNorm running statistics (buffers); both are true here.
 Our module names are the official ones (reactnet.py, bcdnet.py), so the mapping is that prefix alone.

@@ -1,4 +1,4 @@
-"""ReActNet-A as AdamBNN trained it, with the classifier head BinSFO fine-tunes (spec 2.7).
+"""ReActNet-A as AdamBNN trained it, with the classifier head BinSFO fine-tunes (docs/binsfo.md#pretrained-networks).
 
 Sources: liuzechun/AdamBNN step2/reactnet.py (the network of the pretrained checkpoint) and BinSFO's
 models/AdamBNN.py (the port with the replaced head). A MobileNet-V1-shaped 1-bit network:
@@ -25,9 +25,9 @@ QuantConv2d(precision="binary"): the optimizers' split into binary and real para
 (bnnrepro.optim.split_parameters) selects them by module type, as BinSFO selects them by the word
 "binary" in their names. The first conv, BatchNorms, PReLUs, moves and the head are real.
 
-Kept from the BinSFO port (decision D6): every BatchNorm normalises with the current batch's statistics,
+Kept from the BinSFO port (docs/binsfo.md#batch-statistics-batchnorm): every BatchNorm normalises with the current batch's statistics,
 in evaluation too (track_running_stats=False), since that code never calls eval(); the checkpoint's
-running statistics are therefore not loaded. Weight scale (model.xnor_scale, decision D8): "none" as
+running statistics are therefore not loaded. Weight scale (model.xnor_scale, docs/binsfo.md#xnor-scale): "none" as
 BinSFO's default, "tensor" as its --xnor, "channel" as AdamBNN's HardBinaryConv; alpha is detached and
 the latent weight gets the gradient of the scaled weight (see bnnrepro.nn.quantizers.binarize_scaled).
 Activations: sign forward with model.estimator's STE ("bnn", BinSFO's default clipped STE; "bireal" is
@@ -59,7 +59,8 @@ class LearnableBias(nn.Module):
 
 
 def batch_stat_bn2d(channels: int) -> nn.BatchNorm2d:
-    """Learned scale and shift, normalised with the batch's statistics in training and evaluation (D6)."""
+    """Learned scale and shift, normalised with the batch's statistics in training and evaluation
+    (docs/binsfo.md#batch-statistics-batchnorm)."""
     return nn.BatchNorm2d(channels, track_running_stats=False)
 
 

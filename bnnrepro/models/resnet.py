@@ -1,4 +1,4 @@
-"""The binary "ResNet-18" of the SGDAT code (spec B.4, C.20; gushan/SGDAT models/resnet_binary.py).
+"""The binary "ResNet-18" of the SGDAT code (docs/sgdat.md#resnet-18; gushan/SGDAT models/resnet_binary.py).
 
 Not torchvision's ResNet-18: a CIFAR-style ResNet of 3 stages x 2 BasicBlocks (the public code's depth
 18 gives (18 - 2) // 6 = 2 blocks per stage), 80/160/320 channels (16, 32, 64 times inflate 5).
@@ -20,10 +20,10 @@ Block convs and shortcut convs have binary weights and binarized inputs (`input_
 residual adds the real value. CIFAR 32x32: layer3 gives 8x8 maps, pooled to 1x1, so fc sees 320
 features; Tiny ImageNet 64x64: 16x16 pooled to 2x2, 1280 features. 4.33 M binary weights.
 Initialisation: block and shortcut conv weights N(0, 2 / (k^2 out)), BatchNorm weight 1 and bias 0,
-PyTorch's default for conv1 and fc. The public LogSoftmax is dropped (spec C.22): the model returns logits.
+PyTorch's default for conv1 and fc. The public LogSoftmax is dropped (docs/sgdat.md#logsoftmax): the model returns logits.
 
 The SGDAT code keeps conv1 and fc in full precision: set model.first_layer_fp and model.last_layer_fp
-(spec C.17); without them they get binary weights (conv1 still sees the real image). model.width
+(docs/sgdat.md#first-and-last-layers); without them they get binary weights (conv1 still sees the real image). model.width
 multiplies all channel counts.
 """
 

@@ -1,4 +1,4 @@
-"""VGGNet7 of the RWTH code (spec A.5), after larq's "BinaryNet advanced CIFAR-10" example.
+"""VGGNet7 of the RWTH code (docs/rwth.md#vggnet7), after larq's "BinaryNet advanced CIFAR-10" example.
 
     conv1 3->128a 3x3 valid                  32 -> 30
     conv2 128a->128a SAME(replicate) + pool  30 -> 15

@@ -118,7 +118,7 @@ ZERO_LATENT = 1e-20
 @torch.no_grad()
 def init_latent_weights_(model: nn.Module, mode: str) -> None:
     """`model`: keep the layers' own initialisation. `zero`: the SGDAT code's latent weights start at 0
-    while its first forward still uses the signs of the random init (spec B.1, C.13). Exact zeros would
+    while its first forward still uses the signs of the random init (docs/sgdat.md#zero-latent-init). Exact zeros would
     make every weight +1 in that first forward: identical units whose symmetry training never breaks.
     So each latent becomes ZERO_LATENT * sign(init), zero for the optimizer, the init's sign for the forward."""
     if mode == "zero":

@@ -1,4 +1,4 @@
-"""Binary weights held at 1 bit each between optimizer steps (spec D5).
+"""Binary weights held at 1 bit each between optimizer steps (docs/bws.md#packed-weights).
 
 A flip optimizer (optim/flip.py) keeps no latent weights, so the sign is all a binary weight has to
 remember from one step to the next. `PackedBinaryWeights` keeps it that way in memory, not only on

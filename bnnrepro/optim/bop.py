@@ -20,9 +20,9 @@ itself, so a step is a handful of element-wise kernels.
 
 Options for the codes being reproduced (all off by default):
   - Bop(m_init="minus_weights"): m starts at minus the parameter's value at the first step. BinSFO
-    fine-tunes pretrained nets this way (flip spec 2.5): b m = -|w| < 0, so the pretrained latent
+    fine-tunes pretrained nets this way (docs/binsfo.md#bop-from-pretrained-weights): b m = -|w| < 0, so the pretrained latent
     weight's magnitude acts as inertia and no weight flips until the gradients reverse m's sign.
-  - Bop2ndOrder(zero_latent_first_step=True): the SGDAT code's quirk (spec B.2, C.13). Its first step
+  - Bop2ndOrder(zero_latent_first_step=True): the SGDAT code's quirk (docs/sgdat.md#bop2ndorder-first-step). Its first step
     reads b from the latent copy, all zeros then; b r = 0 never exceeds tau and sgn(0) = +1, so every
     weight is +1 after step 1. From step 2 on the latent copy holds b and the rule is the one above.
 

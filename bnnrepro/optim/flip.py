@@ -1,6 +1,6 @@
 """FlipOptimizer: binary weights trained without latent weights by random flips (BWS and BinSFO).
 
-Two papers share one rule (spec sections 1 and 2): "Training Binary Neural Networks in a Binary Weight
+Two papers share one rule (docs/bws.md, docs/binsfo.md): "Training Binary Neural Networks in a Binary Weight
 Space" (BWS, ICLR'24 submission) and "Binary Stochastic Flip Optimization" (BinSFO, ICASSP'25). The
 parameter holds b in {-1, +1}. Model the unseen latent weight as w ~ N(0, sigma^2) with b = sign(w);
 one SGD step w' = w - eta g changes its sign with probability
@@ -27,7 +27,7 @@ Temperature schedulers (t = the tensor's step count, eta = the group's current l
     scaled_gaussian  tau = eta sqrt(pi) / (2 sigma^2);  sigma^2 <- sigma^2 + (pi/2) (eta s / sigma)^2
 
 gaussian_bws is the BWS code as released: lr enters only through tau_0 (the lr at construction), and
-the update lacks the square root of the exact 1/tau'^2 = 1/tau^2 + 2 s^2 (spec 1.4, decision D1).
+the update lacks the square root of the exact 1/tau'^2 = 1/tau^2 + 2 s^2 (docs/bws.md#temperature-schedulers).
 gaussian is BinSFO's exact variance bookkeeping of the latent weight; scaled_gaussian is the same for
 XNOR-scaled weights. sigma0 is the std of the initialisation (0.01 for the MLPs) or, with
 `sigma0_from_weights`, of each latent tensor as given to the constructor (pretrained nets, BinSFO).
@@ -49,7 +49,7 @@ from bnnrepro.nn.quantizers import sign
 from bnnrepro.optim.base import PerParameterOptimizer, flip_where_
 
 MASKS = ("emp", "mmp", "rand")
-MASK_ALIASES = {"ewm": "emp", "wpm": "mmp"}  # BinSFO's names for the same formulas (spec 2.2)
+MASK_ALIASES = {"ewm": "emp", "wpm": "mmp"}  # BinSFO's names for the same formulas (docs/binsfo.md#hypermasks)
 SCHEDULERS = ("const", "cosine", "gaussian_bws", "gaussian", "scaled_gaussian")
 ERFINV_HALF = 0.4769362762044699  # erfinv(1/2): tau |g| at which the EMP flip probability is 1/2
 

@@ -9,11 +9,11 @@ one rule, hysteresis around zero:
 
     b <- sgn(a)  where |a| > dead zone,  else b keeps its sign            (sgn(0) = +1)
 
-    SGDT  (the SGDAT code's plain SGD with `--binarization threshold`; spec B.2):
+    SGDT  (the SGDAT code's plain SGD with `--binarization threshold`; docs/sgdat.md#update-rules):
         w <- clip(w - lr g, -1, 1)             latent weight: starts at 0 (SGDAT code) or at the initial weight
         b <- sgn(w)  where |w| > tau
 
-    SGDAT (optimizers/SGDAT.py, final version; spec B.2):
+    SGDAT (optimizers/SGDAT.py, final version; docs/sgdat.md#update-rules):
         d = g (+ weight_decay * b)
         momentum:  u <- mu u + (1 - dampening) g;  d <- u   (nesterov: d <- d + mu u)
         m <- m - lr d                          never clipped, starts at 0
@@ -22,7 +22,7 @@ one rule, hysteresis around zero:
 With k = 0 (no flip yet) any nonzero m sets the sign. As in the public code, the momentum buffer is
 built from the raw gradient, without weight decay.
 
-Per-epoch state (spec B.1, C.14): the public code builds new optimizers at every epoch start, which
+Per-epoch state (docs/sgdat.md#per-epoch-optimizer-rebuild): the public code builds new optimizers at every epoch start, which
 forgets what lives in `optimizer.state` (SGDAT's flip counts and momentum buffer) and keeps what lives
 on the tensors (SGDAT's m, the latent weight `org` of SGDT). `reset_epoch_state()` does the same here.
 Both also count all flips since the start in `state["flips"]` (a statistic; no rule reads it).

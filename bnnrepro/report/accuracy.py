@@ -1,31 +1,33 @@
-"""The accuracy table: one row per experiment and per shipped model, next to the paper's number."""
+"""The accuracy table: one row per experiment and per shipped model, next to the paper's number.
+
+The CSV keeps one row per run. The markdown is for reading: shipped models first, then trained runs, then
+one row per group of runs that were not run for the same reason; columns that hold one value for every
+row move into a line above the table.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from bnnrepro.models.common import ModelConfig
+from bnnrepro.config import ModelConfig
 from bnnrepro.report import markdown
-
-# A single-seed run counts as reproducing the paper when it is at most this far below it (points).
-TOLERANCE = 0.1
+from bnnrepro.report.claims import TOLERANCE, accuracy_verdict, is_collapsed
 
 COLUMNS = ["paper", "experiment", "model", "dataset", "method", "optimizer", "reported_top1", "reproduced_top1",
            "difference", "reported_top5", "reproduced_top5", "profile", "epochs", "seed", "device", "status"]
 
 
-def status(reported: float | None, reproduced: float | None, note: str = "", paper: str = "") -> str:
-    if reproduced is None:
-        return note
+def status(reported: float | None, reproduced: float, n: int, note: str = "", paper: str = "") -> str:
+    """The front page's verdict (claims.accuracy_verdict) with how far, and the budget note."""
     if reported is None:
         return "ours (no paper has it)" if paper == "ours" else "no paper number retrievable for this setting"
-    gap = reported - reproduced
-    verdict = "reproduced" if gap <= TOLERANCE else f"short of the paper by {gap:.2f}"
-    return f"{verdict}{' (' + note + ')' if note else ''}"
+    verdict, how_far = accuracy_verdict(reported, reproduced, n)
+    return f"{verdict}: {how_far}{' (' + note + ')' if note else ''}"
 
 
 def run_row(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -34,14 +36,16 @@ def run_row(metrics: dict[str, Any]) -> dict[str, Any]:
               "dataset": metrics["dataset"], "method": metrics["method"], "optimizer": metrics.get("optimizer"),
               "reported_top1": reported, "reported_top5": metrics.get("reported", {}).get("top5")}
     if metrics["status"] == "skipped":
-        return {**common, "profile": metrics["profile"],
-                "status": f"not run: {metrics['reason']}"}
+        return {**common, "profile": metrics["profile"], "status": f"not run: {metrics['reason']}"}
     top1 = metrics["test_top1"]
     note = f"{metrics['profile']} profile, {metrics['epochs']} epochs" if metrics["profile"] != "paper" else ""
+    verdict = status(reported, top1, metrics["test_n"], note, metrics["paper"])
+    if is_collapsed(metrics):
+        verdict = f"collapsed: chance level is {100 / metrics['num_classes']:.0f} % ({verdict})"
     return {**common, "reproduced_top1": top1,
             "difference": round(top1 - reported, 2) if reported is not None else None,
             "reproduced_top5": metrics.get("test_top5"), "profile": metrics["profile"], "epochs": metrics["epochs"],
-            "seed": metrics["seed"], "device": _device(metrics), "status": status(reported, top1, note, metrics["paper"])}
+            "seed": metrics["seed"], "device": _device(metrics), "status": verdict}
 
 
 def _device(metrics: dict[str, Any]) -> str:
@@ -59,24 +63,53 @@ def pretrained_row(name: str, metadata: dict[str, Any], result: dict[str, Any]) 
             "optimizer": cfg["optim"]["name"], "reported_top1": reported,
             "reproduced_top1": top1, "difference": round(top1 - reported, 2) if reported is not None else None,
             "reproduced_top5": result.get("top5"), "profile": f"shipped ({metadata['profile']} recipe)",
-            "epochs": metadata["epochs_trained"], "seed": metadata["seed"], "device": "cpu",
-            "status": status(reported, top1, f"{metadata['epochs_trained']} of {metadata['published_epochs']} epochs")}
+            "epochs": metadata["epochs_trained"], "seed": metadata["seed"], "device": metadata.get("device", "cpu"),
+            "status": status(reported, top1, result["n"],
+                             f"{metadata['epochs_trained']} of {metadata['published_epochs']} epochs", cfg["paper"])}
 
 
 def collect(runs_dir: Path, pretrained_dir: Path, pretrained_results: Path) -> pd.DataFrame:
     rows = []
-    for metrics_file in sorted(runs_dir.glob("*/metrics.json")):
-        rows.append(run_row(json.loads(metrics_file.read_text())))
     for result_file in sorted(pretrained_results.glob("*.json")):
         name = result_file.stem
         metadata = json.loads((pretrained_dir / name / "metadata.json").read_text())
         rows.append(pretrained_row(name, metadata, json.loads(result_file.read_text())))
+    for metrics_file in sorted(runs_dir.glob("*/metrics.json")):
+        rows.append(run_row(json.loads(metrics_file.read_text())))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def fold_not_run(table: pd.DataFrame) -> pd.DataFrame:
+    """Runs not run for the same reason in the same paper become one row: "sgdat_* (20 runs)"."""
+    skipped = table["status"].fillna("").str.startswith("not run")
+    folded = []
+    for (paper, reason), group in table[skipped].groupby(["paper", "status"], sort=False):
+        names = list(group["experiment"])
+        prefix = os.path.commonprefix(names)
+        folded.append({"paper": paper, "status": reason,
+                       "experiment": names[0] if len(names) == 1 else f"{prefix}* ({len(names)} runs)",
+                       **{col: ", ".join(dict.fromkeys(group[col].dropna().astype(str)))
+                          for col in ("model", "dataset", "method", "optimizer", "profile")}})
+    return pd.concat([table[~skipped], pd.DataFrame(folded, columns=table.columns)], ignore_index=True)
+
+
+def constant_columns(table: pd.DataFrame) -> dict[str, Any]:
+    """Columns with one value (blanks aside) in every row, and that value."""
+    return {col: values[0] for col in table.columns if len(values := table[col].dropna().unique()) == 1}
+
+
 def to_markdown(table: pd.DataFrame) -> str:
+    readable = fold_not_run(table)
+    same = {k: v for k, v in constant_columns(readable).items() if k not in ("experiment", "status")}
+    empty = [col for col in readable.columns if readable[col].isna().all()]
+    readable = readable.drop(columns=[*same, *empty])
+    same_line = "; ".join(f"{k} = {v}" for k, v in same.items())
     header = ("# Accuracy: reproduced vs reported\n\n"
               "Generated by `dvc repro` (stage `report`); do not edit. Accuracies are top-1 % on the test split, "
-              f"of the best-validation checkpoint. \"reproduced\" means at most {TOLERANCE} points below the paper "
-              "(one seed). Rows of the quick profile are short budgets that check the pipeline, not reproductions.\n\n")
-    return header + markdown.to_markdown(table, 2, integer_columns=("epochs", "seed")) + "\n"
+              f"of the best-validation checkpoint. \"reproduced\" means at most {TOLERANCE} points below the paper, "
+              "\"within seed noise\" less than two binomial standard errors of the test set below it (one seed). Rows of the quick profile are short budgets that check the pipeline, not reproductions; "
+              "the front page (README.md) says which results answer which claim. A run below twice chance level "
+              "is marked collapsed. Shipped models first, then the runs of this profile, then the runs it does not "
+              "run (one row per reason).\n\n"
+              + (f"Every row: {same_line}.\n\n" if same_line else ""))
+    return header + markdown.to_markdown(readable, 2, integer_columns=("epochs", "seed")) + "\n"

@@ -1,4 +1,5 @@
-"""Markdown rendering of report tables: counts as integers, measurements with fixed decimals, blanks for missing."""
+"""Markdown rendering of report tables: counts as plain integers (no thousands separators: they are read back
+as numbers too), measurements with fixed decimals, blanks for missing."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ def _cell(value, decimals: int, integer: bool) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, Number) and not isinstance(value, bool):
-        return f"{int(value):,}" if integer else f"{value:.{decimals}f}"
+        return f"{int(value)}" if integer else f"{value:.{decimals}f}"
     return str(value)
 
 

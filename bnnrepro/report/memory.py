@@ -96,7 +96,7 @@ def claims(states: pd.DataFrame) -> str:
             f"parameter, optimizer state and BatchNorm buffer): packed flip {kib[packed]:.1f} KiB against "
             f"{kib['latent Adam']:.1f} KiB for latent Adam ({100 * (1 - kib[packed] / kib['latent Adam']):.1f} % smaller) "
             f"and {kib['latent SGD']:.1f} KiB for latent SGD ({100 * (1 - kib[packed] / kib['latent SGD']):.1f} % "
-            f"smaller); BinSFO claims \"70.7 % smaller\" without saying what it counts (spec 2.6, D9). The peak of "
+            f"smaller); BinSFO claims \"70.7 % smaller\" without saying what it counts (docs/binsfo.md#memory-claim). The peak of "
             f"a training step at batch {int(peak_batch[packed])}, activations and gradients included: packed flip "
             f"{peak[packed]:.1f} KiB against {peak['latent Adam']:.1f} KiB for latent Adam "
             f"({100 * (1 - peak[packed] / peak['latent Adam']):.1f} % smaller).")

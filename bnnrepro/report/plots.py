@@ -105,3 +105,28 @@ def plot_training_state(states: pd.DataFrame, out: Path) -> None:
     fig.legend(handles, labels, loc="upper center", ncol=len(models), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.94))
     save(fig, out)
+
+
+VERDICT_COLORS = {"reproduced": "C2", "within seed noise": "C0", "ours": "0.5", "short": "C3", "not run here": "0.8"}
+
+
+def plot_claims(table: pd.DataFrame, out: Path) -> None:
+    """Ours / the paper's number for every claim that has both (1 = the paper's), log scale, coloured by
+    verdict; claims not run here are listed at the bottom without a marker."""
+    both = table[table["published"].notna() & table["ours"].notna()]
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(table) + 1.2))
+    labels = list(table["claim"])[::-1]
+    y = {claim: i for i, claim in enumerate(labels)}
+    for verdict, rows in both.groupby("verdict", sort=False):
+        ax.scatter(rows["ours"].astype(float) / rows["published"].astype(float), [y[c] for c in rows["claim"]],
+                   color=VERDICT_COLORS.get(verdict, "k"), label=verdict, zorder=3)
+    ax.axvline(1.0, color="black", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels([c if c in set(both["claim"]) else f"{c} (no ratio: {v})" for c, v in
+                        zip(labels, list(table["verdict"])[::-1])], fontsize=7)
+    ax.set(xlabel="ours / paper's number (log scale; 1 = the paper's)", title="Paper against ours, one row per claim")
+    ax.grid(axis="x", alpha=0.3)
+    if len(both):
+        ax.legend(fontsize=8, loc="lower right")
+    save(fig, out)

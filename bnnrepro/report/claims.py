@@ -1,0 +1,251 @@
+"""The front page: each paper's headline claims (config/claims.yml) next to the result of ours that answers
+them, with the budget behind ours and a verdict.
+
+A claim's result comes from the pipeline's own outputs: a run's metrics.json, a shipped model's evaluation
+(reports/pretrained/<name>.json with pretrained/<name>/metadata.json), the memory table or a geometry report.
+Nothing here trains or measures; a missing result is reported as missing, with the reason the run recorded.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+# A single-seed accuracy counts as reproducing the paper when it is at most this far below it (points)...
+TOLERANCE = 0.1
+# ...and as within seed noise when the gap is inside two binomial standard errors of a test set of n images.
+NOISE_SIGMAS = 2.0
+
+# verdicts, in the order the front page lists them
+REPRODUCED, NOISE, OURS, SHORT, NOT_RUN = "reproduced", "within seed noise", "ours", "short", "not run here"
+ORDER = [REPRODUCED, NOISE, OURS, SHORT, NOT_RUN]
+
+
+@dataclass(frozen=True)
+class Results:
+    """Where the pipeline's outputs are."""
+
+    runs: Path                  # reports/runs/<run>/metrics.json
+    pretrained: Path            # pretrained/<name>/metadata.json
+    pretrained_results: Path    # reports/pretrained/<name>.json (stage infer@<name>)
+    reports: Path               # reports/ (memory_training_state.csv, hd/...)
+
+    def run(self, name: str) -> dict[str, Any] | None:
+        path = self.runs / name / "metrics.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def runs_matching(self, pattern: str) -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in sorted(self.runs.glob("*/metrics.json"))
+                if fnmatch.fnmatchcase(p.parent.name, pattern)]
+
+
+def noise_points(top1: float, n: int) -> float:
+    """NOISE_SIGMAS binomial standard errors of an accuracy (%) measured on n images, in points."""
+    p = top1 / 100
+    return NOISE_SIGMAS * 100 * math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
+
+
+def accuracy_verdict(published: float | None, ours: float, n: int) -> tuple[str, str]:
+    """(verdict, how far): reproduced within TOLERANCE, within seed noise, or short by the gap."""
+    if published is None:
+        return OURS, "no paper number for this setting"
+    gap = published - ours
+    if gap <= TOLERANCE:
+        return REPRODUCED, f"{-gap:+.2f} points"
+    noise = noise_points(ours, n)
+    if gap <= noise:
+        return NOISE, f"{-gap:+.2f} points (2 sigma at n = {n}: {noise:.2f})"
+    return SHORT, f"short by {gap:.2f} points"
+
+
+def budget(metrics: dict[str, Any]) -> str:
+    device = metrics.get("device", "")
+    if metrics.get("device_name"):
+        device = f"{device} ({metrics['device_name']})"
+    epochs = f"{metrics['epochs']} epoch{'s' if metrics['epochs'] != 1 else ''}"
+    return f"{epochs}, seed {metrics['seed']}, {device}, {metrics['profile']} profile"
+
+
+def not_run(metrics: dict[str, Any] | None, what: str) -> dict[str, Any]:
+    reason = metrics.get("reason", "no result") if metrics else f"no result for {what} (run `dvc repro`)"
+    return {"ours": None, "verdict": NOT_RUN, "how_far": reason}
+
+
+def from_accuracy(claim: dict, results: Results) -> dict[str, Any]:
+    if "shipped" in claim:
+        return _shipped(claim["shipped"], results)
+    metrics = results.run(claim["run"])
+    published = (metrics or {}).get("reported", {}).get("top1")
+    if not metrics or metrics["status"] != "trained":
+        return {"published": published, **not_run(metrics, claim["run"])}
+    verdict, how_far = accuracy_verdict(published, metrics["test_top1"], metrics["test_n"])
+    return {"published": published, "ours": metrics["test_top1"], "verdict": verdict, "how_far": how_far,
+            "budget": budget(metrics), "source": f"runs/{claim['run']}"}
+
+
+def _shipped(name: str, results: Results) -> dict[str, Any]:
+    meta_file, result_file = results.pretrained / name / "metadata.json", results.pretrained_results / f"{name}.json"
+    if not meta_file.is_file() or not result_file.is_file():
+        return not_run(None, f"the shipped model {name}")
+    meta, result = json.loads(meta_file.read_text()), json.loads(result_file.read_text())
+    published = meta["config"].get("reported", {}).get("top1")
+    verdict, how_far = accuracy_verdict(published, result["accuracy"], result["n"])
+    return {"published": published, "ours": result["accuracy"], "verdict": verdict, "how_far": how_far,
+            "budget": f"shipped model: {meta['budget']}", "source": f"pretrained/{name}"}
+
+
+def from_grid(claim: dict, results: Results) -> dict[str, Any]:
+    runs = results.runs_matching(claim["runs"])
+    reported = [r["reported"]["top1"] for r in runs if r.get("reported", {}).get("top1") is not None]
+    published = max(reported, default=None)
+    trained = [r for r in runs if r["status"] == "trained"]
+    if not trained:
+        return {"published": published, **not_run(runs[0] if runs else None, claim["runs"]),
+                "budget": f"{len(runs)} runs"}
+    best = max(trained, key=lambda r: r["test_top1"])
+    verdict, how_far = accuracy_verdict(published, best["test_top1"], best["test_n"])
+    missing = f"; {len(runs) - len(trained)} of {len(runs)} not run" if len(trained) < len(runs) else ""
+    return {"published": published, "ours": best["test_top1"], "verdict": verdict,
+            "how_far": f"{how_far} (ours: {best['optimizer']})", "budget": budget(best) + missing,
+            "source": claim["runs"]}
+
+
+def from_comparable(claim: dict, results: Results) -> dict[str, Any]:
+    """Our best binary run against our best baseline run: the papers say "comparable" without a number."""
+    binary = [r for r in results.runs_matching(claim["binary"]) if r["status"] == "trained"]
+    baseline = [r for r in results.runs_matching(claim["baseline"]) if r["status"] == "trained"]
+    if not binary or not baseline:
+        skipped = results.runs_matching(claim["binary"]) + results.runs_matching(claim["baseline"])
+        return {"published": None, **not_run(skipped[0] if skipped else None, claim["binary"])}
+    b, r = max(binary, key=lambda m: m["test_top1"]), max(baseline, key=lambda m: m["test_top1"])
+    collapsed = [m["run"] for m in (b, r) if is_collapsed(m)]
+    note = f"; collapsed to chance: {', '.join(collapsed)}" if collapsed else ""
+    return {"published": None, "ours": round(b["test_top1"] - r["test_top1"], 2), "verdict": OURS,
+            "how_far": f"binary {b['test_top1']:.2f} ({b['run']}) vs baseline {r['test_top1']:.2f} ({r['run']}){note}",
+            "budget": budget(b), "source": claim["binary"], "unit": "points"}
+
+
+def from_memory(claim: dict, results: Results) -> dict[str, Any]:
+    path = results.reports / "memory_training_state.csv"
+    if not path.is_file():
+        return {"published": claim["published"], **not_run(None, "the memory table")}
+    table = pd.read_csv(path)
+    rows = table[table["model"] == claim["model"]].set_index("method")
+    ours_kib, base_kib = rows.loc[claim["method"], claim["column"]], rows.loc[claim["baseline"], claim["column"]]
+    if claim["as"] == "times":
+        ours, unit = base_kib / ours_kib, "x"
+    else:
+        ours, unit = 100 * (1 - ours_kib / base_kib), "% smaller"
+    reached = ours >= claim["published"]
+    batch = int(rows.loc[claim["method"], "peak_step_batch"])
+    return {"published": claim["published"], "ours": round(float(ours), 2), "unit": unit,
+            "verdict": REPRODUCED if reached else SHORT,
+            "how_far": f"{claim['method']}: {ours_kib:.0f} KiB vs {claim['baseline']}: {base_kib:.0f} KiB",
+            "budget": f"measured on the CPU, batch {batch}", "source": "memory_training_state.csv"}
+
+
+def from_value(claim: dict, results: Results) -> dict[str, Any]:
+    path = results.reports / claim["file"]
+    if not path.is_file():
+        return {"published": claim["published"], **not_run(None, claim["file"])}
+    report = json.loads(path.read_text())
+    value: Any = report
+    for part in claim["key"]:
+        value = value[part]
+    gap = value - claim["published"]
+    verdict = REPRODUCED if abs(gap) <= claim["tolerance"] else SHORT
+    seed = f", seed {report['seed']}" if "seed" in report else ""
+    return {"published": claim["published"], "ours": value, "unit": claim.get("unit", ""), "verdict": verdict,
+            "how_far": f"{gap:+.4g} {claim.get('unit', '')} (tolerance {claim['tolerance']})".strip(),
+            "budget": f"Monte Carlo, {report.get('n_mc', '?')} draws{seed}", "source": claim["file"]}
+
+
+KINDS = {"accuracy": from_accuracy, "grid": from_grid, "comparable": from_comparable, "memory": from_memory,
+         "value": from_value}
+
+
+def is_collapsed(metrics: dict[str, Any]) -> bool:
+    """A trained run whose test accuracy is below twice chance level learned (almost) nothing."""
+    classes = metrics.get("num_classes")
+    return bool(classes) and metrics.get("status") == "trained" and metrics["test_top1"] < 2 * 100 / classes
+
+
+def load_claims(path: Path) -> tuple[dict[str, dict], list[dict[str, Any]]]:
+    """(papers, claims) of config/claims.yml; every claim names a known paper and kind."""
+    raw = yaml.safe_load(path.read_text())
+    papers, claims = raw["papers"], raw["claims"]
+    for claim in claims:
+        if claim.get("kind") not in KINDS or claim.get("paper") not in papers:
+            raise ValueError(f"{path}: claim {claim.get('id')!r}: kind must be one of {sorted(KINDS)} and "
+                             f"paper one of {sorted(papers)}")
+    return papers, claims
+
+
+def evaluate(claims: list[dict[str, Any]], results: Results) -> pd.DataFrame:
+    """One row per claim, reproduced rows first (then within noise, ours, short, not run), file order within."""
+    rows = []
+    for claim in claims:
+        result = {"budget": "", "source": "", "unit": "%", **KINDS[claim["kind"]](claim, results)}
+        if claim.get("note"):  # what the paper's number counts, where ours counts something else
+            result["how_far"] = f"{result['how_far']}. {claim['note']}"
+        rows.append({"id": claim["id"], "paper": claim["paper"], "claim": claim["claim"], **result,
+                     "detail": claim["detail"]})
+    table = pd.DataFrame(rows)
+    order = table["verdict"].map(ORDER.index)
+    return table.assign(_order=order).sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+def summary(table: pd.DataFrame) -> dict[str, Any]:
+    """The pipeline's one declared metric: our number per claim (None when not run) and the verdict counts."""
+    return {"claims": {row.id: (None if row.ours is None or pd.isna(row.ours) else row.ours)
+                       for row in table.itertuples()},
+            "verdicts": {verdict: int((table["verdict"] == verdict).sum()) for verdict in ORDER}}
+
+
+def _number(value: Any, unit: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    text = f"{value:g}" if unit in ("x", "r", "rad") else f"{value:.2f}"
+    return {"%": f"{text} %", "% smaller": f"{text} % smaller", "x": f"{text}x", "deg": f"{text} deg",
+            "points": f"{value:+.2f} points", "r": text}.get(unit, f"{text} {unit}".strip())
+
+
+def front_page(table: pd.DataFrame, papers: dict[str, dict], figure: str) -> str:
+    """reports/README.md: the claims table, the figure above it, and what each verdict means."""
+    rows = [{"paper": f"[{row.paper}](../{papers[row.paper]['docs']})", "claim": row.claim,
+             "paper's number": _number(row.published, row.unit), "ours": _number(row.ours, row.unit),
+             "verdict": row.verdict, "how far": row.how_far, "budget of ours": row.budget,
+             "details": f"[{row.detail}]({row.detail})"} for row in table.itertuples()]
+    counts = ", ".join(f"{int((table['verdict'] == v).sum())} {v}" for v in ORDER)
+    legend = "\n".join(f"- **{key}**: {p['title']} ([our notes](../{p['docs']}))" for key, p in papers.items())
+    return "\n".join([
+        "# What bnnrepro reproduces",
+        "",
+        "Generated by `dvc repro` (stage `report`) from `config/claims.yml`; do not edit. One row per headline "
+        "claim of the five papers, next to the result of ours that answers it and the budget behind it.",
+        "",
+        f"![paper against ours]({figure})",
+        "",
+        f"**{len(table)} claims: {counts}.**",
+        "",
+        pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True),
+        "",
+        "Verdicts:",
+        f"- **{REPRODUCED}**: an accuracy at most {TOLERANCE} points below the paper's; a memory ratio at least "
+        "the paper's; a value within the claim's tolerance.",
+        f"- **{NOISE}**: below the paper's accuracy by less than {NOISE_SIGMAS:g} binomial standard errors of the "
+        "test set (one seed cannot tell such a gap from chance).",
+        f"- **{OURS}**: the paper gives no number for this setting; ours is shown for the record.",
+        f"- **{SHORT}**: further from the paper than the above.",
+        f"- **{NOT_RUN}**: this profile does not run it; the reason (and the GPU time it needs) is given.",
+        "",
+        "Papers:",
+        legend,
+        ""])

@@ -1,0 +1,118 @@
+"""The front page and the accuracy table, rendered from fixture results, against committed snapshots.
+
+The fixtures cover every kind of claim and every verdict: a shipped model, a trained run within seed
+noise, a collapsed run, a grid the profile skips, a memory ratio and a geometry value. After an intended
+change of the rendering, regenerate the snapshots with
+    BNNREPRO_UPDATE_SNAPSHOTS=1 .venv/bin/python -m pytest tests/test_report_snapshot.py
+and review the diff of tests/snapshots/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bnnrepro.report import claims
+from bnnrepro.report.accuracy import collect, to_markdown
+
+SNAPSHOTS = Path(__file__).parent / "snapshots"
+
+CLAIMS = {
+    "papers": {"rwth": {"title": "RWTH", "docs": "docs/rwth.md"}, "sgdat": {"title": "SGDAT", "docs": "docs/sgdat.md"},
+               "bws": {"title": "BWS", "docs": "docs/bws.md"}, "hd": {"title": "HD", "docs": "docs/hd-geometry.md"}},
+    "claims": [
+        {"id": "shipped", "paper": "rwth", "claim": "LeNet5 binary", "kind": "accuracy", "shipped": "lenet",
+         "detail": "accuracy.md"},
+        {"id": "noise", "paper": "rwth", "claim": "LeNet5 float", "kind": "accuracy", "run": "rwth_float",
+         "detail": "accuracy.md"},
+        {"id": "grid", "paper": "sgdat", "claim": "Table 2, CIFAR-10", "kind": "grid", "runs": "sgdat_*_cifar10",
+         "detail": "accuracy.md"},
+        {"id": "comparable", "paper": "bws", "claim": "binary vs real", "kind": "comparable",
+         "binary": "bws_digits_emp_*", "baseline": "bws_digits_real", "detail": "comparison.md"},
+        {"id": "memory", "paper": "bws", "claim": "33x less memory", "kind": "memory", "published": 33, "as": "times",
+         "model": "fcn", "column": "measured_state_kib", "baseline": "latent SGD", "method": "flip",
+         "detail": "memory.md", "note": "what 33 counts"},
+        {"id": "angle", "paper": "hd", "claim": "37 degrees", "kind": "value", "published": 37.07, "tolerance": 0.1,
+         "unit": "deg", "file": "hd/theory.json", "key": ["sign_angle", "d=4608", "mean_deg"], "detail": "hd/README.md"},
+    ]}
+
+
+def write(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj) if path.suffix == ".json" else obj)
+
+
+def trained(run: str, paper: str, top1: float, **extra) -> dict:
+    return {"run": run, "paper": paper, "status": "trained", "profile": "quick", "epochs": 2, "seed": 2020,
+            "device": "cpu", "device_name": "AMD EPYC", "dataset": "mnist", "num_classes": 10, "model": "mlp",
+            "method": "binary, STE bnn", "optimizer": "sgd", "test_top1": top1, "test_top5": 99.0, "test_n": 10000,
+            "best_epoch": 2, "reported": {}, **extra}
+
+
+def skipped(run: str, paper: str, reported: float) -> dict:
+    return {"run": run, "paper": paper, "status": "skipped", "profile": "quick", "dataset": "cifar10",
+            "model": "binarynet", "method": "binary, STE bnn", "optimizer": run.split("_")[1],
+            "reported": {"top1": reported}, "reason": "needs CIFAR and a GPU: about 1-3 GPU hours per recipe"}
+
+
+@pytest.fixture
+def results(tmp_path) -> claims.Results:
+    runs = tmp_path / "reports" / "runs"
+    write(runs / "rwth_float" / "metrics.json", trained("rwth_float", "rwth", 99.35, reported={"top1": 99.5}))
+    write(runs / "bws_digits_emp_const" / "metrics.json", trained("bws_digits_emp_const", "bws", 85.43))
+    write(runs / "bws_digits_real" / "metrics.json", trained("bws_digits_real", "bws", 12.04))
+    for recipe, reported in (("sgd", 88.44), ("bop", 88.74)):
+        write(runs / f"sgdat_{recipe}_cifar10" / "metrics.json", skipped(f"sgdat_{recipe}_cifar10", "sgdat", reported))
+    model_cfg = {"arch": "lenet5", "weights": "binary"}
+    write(tmp_path / "pretrained" / "lenet" / "metadata.json",
+          {"config": {"paper": "rwth", "reported": {"top1": 99.16}, "model": model_cfg, "optim": {"name": "sgd"}},
+           "profile": "paper", "epochs_trained": 500, "published_epochs": 500, "seed": 2,
+           "budget": "500 epochs (the published recipe: 500); CPU, 2 thread(s); seed 2"})
+    write(tmp_path / "reports" / "pretrained" / "lenet.json", {"accuracy": 99.12, "n": 10000, "dataset": "mnist"})
+    write(tmp_path / "reports" / "memory_training_state.csv",
+          "model,method,measured_state_kib,peak_step_kib,peak_step_batch\n"
+          "fcn,latent SGD,525.0,1000.0,16384\nfcn,flip,16.5,990.0,16384\n")
+    write(tmp_path / "reports" / "hd" / "theory.json", {"seed": 0, "n_mc": 10000,
+                                                         "sign_angle": {"d=4608": {"mean_deg": 37.0661}}})
+    claims_file = tmp_path / "claims.yml"
+    claims_file.write_text(yaml.safe_dump(CLAIMS))
+    return claims.Results(runs, tmp_path / "pretrained", tmp_path / "reports" / "pretrained", tmp_path / "reports")
+
+
+def check_snapshot(name: str, text: str) -> None:
+    path = SNAPSHOTS / name
+    if os.environ.get("BNNREPRO_UPDATE_SNAPSHOTS"):
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} differs from tests/snapshots/{name} (see the module docstring)"
+
+
+def test_front_page_matches_its_snapshot(results, tmp_path):
+    papers, claim_list = claims.load_claims(tmp_path / "claims.yml")
+    table = claims.evaluate(claim_list, results)
+    assert list(table["verdict"]) == ["reproduced", "reproduced", "within seed noise", "ours", "short",
+                                      "not run here"]  # reproduced rows first
+    check_snapshot("front_page.md", claims.front_page(table, papers, "plots/claims.png"))
+    assert claims.summary(table)["claims"]["grid"] is None
+
+
+def test_accuracy_table_matches_its_snapshot(results):
+    table = collect(results.runs, results.pretrained, results.pretrained_results)
+    text = to_markdown(table)
+    assert "2,020" not in text and "| 2020 " in text or "seed = 2020" in text  # plain numbers
+    check_snapshot("accuracy.md", text)
+
+
+def test_not_run_rows_fold_into_one_row_per_reason(results):
+    text = to_markdown(collect(results.runs, results.pretrained, results.pretrained_results))
+    assert text.count("needs CIFAR and a GPU") == 1
+    assert "sgdat_* (2 runs)" in text
+
+
+def test_a_run_at_chance_level_is_flagged_collapsed(results):
+    table = collect(results.runs, results.pretrained, results.pretrained_results).set_index("experiment")
+    assert table.loc["bws_digits_real", "status"].startswith("collapsed")
+    assert not table.loc["bws_digits_emp_const", "status"].startswith("collapsed")
