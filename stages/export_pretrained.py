@@ -26,7 +26,7 @@ import torch
 from bnnrepro.config import load_experiment, parse_override
 from bnnrepro.data.prepared import load_dataset
 from bnnrepro.engine.checkpoint import load_checkpoint
-from bnnrepro.errors import run_cli
+from bnnrepro.errors import MissingFileError, run_cli
 from bnnrepro.export import load_model, save_model
 from bnnrepro.infer import evaluate_on_test
 from bnnrepro.io import write_text
@@ -53,8 +53,11 @@ def from_run(args):
     model, cfg, meta = load_model(args.run)
     history = pd.read_csv(args.history)
     result = meta["result"]
-    timing = json.loads((Path("runs/timing") / f"{args.run.name}.json").read_text())  # written by stages/train.py,
-    # with the commit the training ran at (kept out of models/, which DVC hashes)
+    timing_path = Path("runs/timing") / f"{args.run.name}.json"  # written by stages/train.py, with the commit the
+    if not timing_path.is_file():                                  # training ran at (kept out of the hashed models/)
+        raise MissingFileError(f"{timing_path}: the run's timing record is missing - export from the machine that "
+                               "trained it, or use --checkpoint")
+    timing = json.loads(timing_path.read_text())
     trained = {"epochs_trained": result["epochs"], "epochs_planned": result["epochs"],
                "best_epoch": result["best_epoch"], "best_val_top1": result["best_val_top1"],
                "train_seconds": timing["train_seconds"], "training_commit": timing.get("commit")}
