@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 import yaml
 
 from bnnrepro.errors import InputError, one_line
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -66,6 +68,7 @@ class ModelConfig:
         has_ternary = "1" in self.ternary_weights + self.ternary_acts
         order = f", {self.layer_order}" if self.arch in ("lenet5", "vggnet7") else ""  # the RWTH models' option
         return f"binary, STE {self.estimator}{order}{ternary if has_ternary else ''}"
+
 
 # The budgets an experiment can run under (params.yaml `profile`); a config's `profiles:` keys and
 # every --profile must be one of them. No profile section: the config's own values (the paper budget).
@@ -230,23 +233,23 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     if tp in (int, float, str, bool):
         if type(value) is not tp:
             hint = " (write numbers unquoted: 0.001 or 1e-3)" if tp in (int, float) and isinstance(value, str) else ""
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}{hint}")
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {reprlib.repr(value)}{hint}")
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r} - write [a, b, ...]")
+            raise ConfigError(f"{where}: expected a list, got {reprlib.repr(value)} - write [a, b, ...]")
         (item,) = typing.get_args(tp)
         return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r} - write {{key: value, ...}}")
+            raise ConfigError(f"{where}: expected a mapping, got {reprlib.repr(value)} - write {{key: value, ...}}")
         return value
     return value
 
 
 def _build(cls, values: Any, where: str):
     if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping of keys, got {values!r} - see config/ for examples")
+        raise ConfigError(f"{where}: expected a mapping of keys, got {reprlib.repr(values)} - see config/ for examples")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:

@@ -113,6 +113,12 @@ def read_metadata(path: Path) -> dict[str, Any]:
     return metadata
 
 
+# safetensors' dtype names (header) -> torch dtypes
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
+
 ENCODED_DTYPES = {"sign_bits": torch.uint8, "ternary_int8": torch.int8}
 
 
@@ -120,7 +126,8 @@ def _logical_entries(f, weights_path: Path) -> tuple[dict[str, tuple[Any, tuple]
     """{name: (dtype, shape)} of the tensors the file holds once decoded, from its header alone, and
     the encodings. A packed tensor must be stored as its encoding says (else the file is damaged);
     it then counts as the float tensor of the shape it encodes."""
-    entries = {k: (_DTYPES.get(f.get_slice(k).get_dtype()), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+    entries = {k: (_DTYPES.get(dtype := f.get_slice(k).get_dtype(), dtype), tuple(f.get_slice(k).get_shape()))
+               for k in f.keys()}
     try:
         encodings = json.loads((f.metadata() or {}).get("encodings", "{}"))
     except json.JSONDecodeError as e:
@@ -187,12 +194,6 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu"
     model = build_model(config.model, dims["channels"], dims["num_classes"], dims["image_size"])
     model.load_state_dict(state)
     return model.to(device).eval(), config, metadata
-
-
-# safetensors' dtype names (header) -> torch dtypes
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool}
 
 
 def _check_fits(model_name: str, expected: dict[str, tuple[torch.dtype, tuple]], found: dict[str, tuple[Any, tuple]],
