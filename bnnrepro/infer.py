@@ -76,7 +76,7 @@ def not_run_reason(model_path: Path, data_root: Path, dataset: str | None) -> st
     return reason
 
 
-def report(args, out: dict) -> int:
+def write_result(args, out: dict) -> int:
     if args.out:
         write_json(args.out, out)
     if args.json:
@@ -101,17 +101,17 @@ def main(argv=None) -> int:
     not_run = {"status": "not run", "model_path": str(args.model_path)}
     try:
         if args.record_not_run and (reason := not_run_reason(args.model_path, args.data_root, None)):
-            return report(args, {**not_run, "reason": reason})
+            return write_result(args, {**not_run, "reason": reason})
         device = resolve_device(args.device)
         model, cfg = load_any(args.model_path, device)
         if args.record_not_run and (reason := not_run_reason(args.model_path, args.data_root, cfg.data.dataset)):
-            return report(args, {**not_run, "reason": reason, "paper": cfg.paper, "dataset": cfg.data.dataset})
+            return write_result(args, {**not_run, "reason": reason, "paper": cfg.paper, "dataset": cfg.data.dataset})
         data = dataset_for(cfg.data.dataset, args.data_root)
     except (FileNotFoundError, RuntimeError, ValueError, DownloadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     result = evaluate_on_test(model, cfg, data, device)
-    return report(args, {
+    return write_result(args, {
         "accuracy": round(result["top1"], 2), "top5": round(result["top5"], 2), "dataset": cfg.data.dataset,
         "split": "test", "n": result["n"], "model_path": str(args.model_path), "device": device.type,
         "paper": cfg.paper, "model": cfg.model.arch, "method": cfg.model.describe(),

@@ -3,7 +3,7 @@
 An entry of the `official:` section of params.yaml describes one published checkpoint folder:
 
     rwth_lenet5_binary:
-      mirror: pretrained/LeNet5/binary       # looked for at <drop>/<mirror>/<file>, then <$BNNREPRO_MIRROR>/<mirror>/<file>
+      mirror: pretrained/LeNet5/binary   # looked for at <drop>/<mirror>/<file>, then $BNNREPRO_MIRROR/<mirror>/<file>
       files:
         results.pt: {url: https://..., git_blob: b9371ada...}            # a published checksum
         AdamBNN.mobilenet.pth.tar: {url: https://..., checkpoint_key: state_dict}   # none published
@@ -141,7 +141,8 @@ def fetch_entry(entry: OfficialEntry, out_dir: str | os.PathLike, pins_path: str
     try:
         for f in entry.files:
             pin = pins.get(entry.pin_key(f.filename))
-            resource = Resource(f.filename, f.md5, (f.url,) if f.url else (), sha256=f.sha256 or pin, git_blob=f.git_blob)
+            resource = Resource(f.filename, f.md5, (f.url,) if f.url else (),
+                                sha256=f.sha256 or pin, git_blob=f.git_blob)
             check = holds_entry(f.checkpoint_key) if f.checkpoint_key else None
             try:
                 path = fetch(resource, entry.mirror, out_dir, [str(drop), mirror or ""], check=check)

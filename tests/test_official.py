@@ -37,7 +37,7 @@ def git_hash_object(path: Path) -> str:
 
 
 def rwth_mirror(root: Path, published_accuracy: str = "9.915999999999999659e+01\n") -> Path:
-    """<root>/pretrained/LeNet5/binary/ in the official layout: results.pt (model_best), params.yml, test_accuracy.txt."""
+    """<root>/pretrained/LeNet5/binary/ in the official layout: results.pt, params.yml, test_accuracy.txt."""
     folder = write_rwth_folder(root / "pretrained" / "LeNet5" / "binary", rwth_state(lenet()))
     (folder / "test_accuracy.txt").write_text(published_accuracy)
     return folder
@@ -278,3 +278,49 @@ def test_infer_on_a_dataset_the_profile_left_out_records_not_run(tmp_path):
     assert result == {"status": "not run", "reason": "mnist not prepared in the quick profile",
                       "model_path": str(folder), "paper": "rwth", "dataset": "mnist"}
     assert not (root / "raw").exists()  # nothing was downloaded
+
+
+@pytest.fixture
+def loopback_server(tmp_path, monkeypatch):
+    """An HTTP server on 127.0.0.1 serving tmp_path/www (files as octet-stream, *.html as a web page).
+    Loopback only: the dead proxy stays in place for every other host."""
+    import functools
+    import http.server
+    import threading
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    (tmp_path / "www").mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=tmp_path / "www"))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    yield tmp_path / "www", f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_official_url_is_used_when_no_copy_exists(tmp_path, loopback_server):
+    www, base = loopback_server
+    source = rwth_mirror(tmp_path / "src")
+    entry = rwth_entry(source)
+    for f in RWTH_FILES:
+        shutil.copy(source / f, www / f)
+        entry["files"][f]["url"] = base + f
+    status = fetch_entry(parse_entry("rwth_lenet5_binary", entry), tmp_path / "out", tmp_path / "pins.yml",
+                         tmp_path / "drop", None)
+    assert status["status"] == "fetched"
+    assert all((tmp_path / "out" / f).read_bytes() == (source / f).read_bytes() for f in RWTH_FILES)
+
+
+def test_a_share_link_serving_a_web_page_is_not_fetched_not_an_error(tmp_path, loopback_server):
+    www, base = loopback_server
+    (www / "share.html").write_text("<!DOCTYPE html><html>Sign in to view this file</html>")
+    entry = {"mirror": "pretrained", "files": {"AdamBNN.mobilenet.pth.tar": {"url": base + "share.html",
+                                                                            "checkpoint_key": "state_dict"}}}
+    status = fetch_entry(parse_entry("adambnn", entry), tmp_path / "out", tmp_path / "pins.yml", tmp_path / "drop", None)
+    assert status["status"] == "not fetched"
+    assert "web page" in status["tried"]["AdamBNN.mobilenet.pth.tar"][-1]
+    assert files_in(tmp_path / "out") == [STATUS_FILE] and read_pins(tmp_path / "pins.yml") == {}

@@ -133,7 +133,8 @@ def fetch(resource: Resource, folder: str, dest_dir: str | os.PathLike, mirror: 
         except (OSError, urllib.error.URLError) as e:
             failures.append(f"{source}: {e}")
     raise DownloadError(
-        f"Could not get a verified copy of '{resource.filename}' ({folder}, expected {resource.describe_checksums()}).\n"
+        f"Could not get a verified copy of '{resource.filename}' "
+        f"({folder}, expected {resource.describe_checksums()}).\n"
         "Tried:\n" + "\n".join(f"  {f}" for f in failures) + "\n"
         f"Point {MIRROR_ENV} at a folder or base URL holding '{folder}/{resource.filename}' "
         f"(e.g. {MIRROR_ENV}=../shared/mirror), or place the file in '{Path(dest_dir)}'.", failures, corrupt)
