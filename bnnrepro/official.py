@@ -149,7 +149,8 @@ def fetch_entry(entry: OfficialEntry, out_dir: str | os.PathLike, pins_path: str
             except DownloadError as e:
                 if e.corrupt:
                     raise
-                unavailable[f.filename] = e.failures
+                # the mirror named by its variable: the record reads the same on every machine
+                unavailable[f.filename] = [t.replace(mirror, "$BNNREPRO_MIRROR") if mirror else t for t in e.failures]
                 continue
             kept[f.filename] = file_digest(path, "sha256")
             if f.published():

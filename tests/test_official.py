@@ -176,6 +176,8 @@ def test_offline_without_a_copy_records_not_fetched_and_exits_0(tmp_path):
     assert "data/pretrained/LeNet5/binary/" in reason and "<mirror>/pretrained/LeNet5/binary/" in reason
     assert "dvc repro -f fetch@rwth_lenet5_binary" in reason
     assert any(DEAD_URL in tried for tried in status["tried"]["results.pt"])
+    assert "$BNNREPRO_MIRROR/pretrained/LeNet5/binary/results.pt: no such file" in status["tried"]["results.pt"]
+    assert str(tmp_path) not in json.dumps(status)  # the same record on every machine
     assert "not fetched" in proc.stdout
 
 
