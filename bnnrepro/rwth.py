@@ -1,7 +1,7 @@
 """Read the official checkpoints of the RWTH "Efficient Binary Neural Networks" code (seed 002).
 
-A run folder holds `params.yml` (the merged settings) and `results.pt`, whose `model_best` is a
-plain state_dict; binary layers hold +-1 weights (docs/rwth.md#official-checkpoints). `results.pt` is read with
+A run folder holds `params.yml` (the merged settings), `results.pt`, whose `model_best` is a
+plain state_dict, and `test_accuracy.txt` (the published test accuracy of those weights); binary layers hold +-1 weights (docs/rwth.md#official-checkpoints). `results.pt` is read with
 `weights_only=True`, so no pickled code runs; `params.pt` (a pickled argparse.Namespace) is never read.
 The layer names of our LeNet5/VGGNet7 follow the RWTH modules (conv1.., bn1.., fc1..); a
 `module.` prefix left by nn.DataParallel is removed.
@@ -62,6 +62,17 @@ def load_rwth_state_dict(results_path: str | os.PathLike, key: str = "model_best
                                               for k, v in state.items()):
         raise RuntimeError(f"'{results_path}': '{key}' is not a state_dict (names -> tensors)")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def read_published_accuracy(folder: str | os.PathLike) -> float | None:
+    """The test accuracy (%) published beside the weights (`test_accuracy.txt`, one number), or None."""
+    path = Path(folder) / "test_accuracy.txt"
+    if not path.is_file():
+        return None
+    try:
+        return round(float(path.read_text().strip()), 2)
+    except ValueError as e:
+        raise ValueError(f"'{path}' should hold one number (the published test accuracy): {e}") from e
 
 
 def read_params(folder: str | os.PathLike) -> dict[str, Any]:
