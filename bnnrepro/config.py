@@ -162,7 +162,7 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "tra
 # Keys added after runs had been checkpointed: left out of the digest while they hold their default.
 DIGEST_OMITS_DEFAULT = {"data": ("resize",),
                         "model": ("padding", "bn_scale", "last_bn_shift", "depth", "hidden", "bn_affine", "bn_out",
-                                  "xnor_scale", "pretrained"),
+                                  "xnor_scale", "pretrained", "sign_rule"),
                         "optim": ("lr_exp_decay", "grad_clip", "args", "reset_each_epoch", "lr_cosine_epochs",
                                   "lr_batch_reference"),
                         "train": ("latent_init", "pack_weights")}
@@ -261,12 +261,12 @@ def allowed_values() -> dict[str, tuple]:
     from bnnrepro.engine.losses import LOSSES
     from bnnrepro.models import MODELS
     from bnnrepro.models.pretrained import OFFICIAL_CHECKPOINTS
-    from bnnrepro.nn.quantizers import ESTIMATORS, WEIGHT_SCALES
+    from bnnrepro.nn.quantizers import ESTIMATORS, SIGN_RULES, WEIGHT_SCALES
     from bnnrepro.optim import OPTIMIZERS, REGULARIZATIONS
 
     return {"data.dataset": tuple(sorted(SOURCES)), "data.pad_mode": ("constant", "replicate"),
             "model.arch": tuple(sorted(MODELS)), "model.weights": ("fp", "binary"),
-            "model.activations": ("relu", "binary"), "model.estimator": ESTIMATORS,
+            "model.activations": ("relu", "binary"), "model.estimator": ESTIMATORS, "model.sign_rule": SIGN_RULES,
             "model.layer_order": ("CBAP", "CPBA"), "model.padding": ("rwth", "same_zeros"),
             "model.xnor_scale": WEIGHT_SCALES, "model.pretrained": ("", *sorted(OFFICIAL_CHECKPOINTS)),
             "optim.name": tuple(OPTIMIZERS), "optim.regularization": REGULARIZATIONS, "train.loss": LOSSES,

@@ -43,7 +43,8 @@ def config_from_params(params: dict[str, Any], name: str) -> ExperimentConfig:
             width=float(params.get("width_infl" if arch == "lenet5" else "width_scale", 1)),
             first_layer_fp=bool(params.get("first_weights_fullprecision") or params.get("l1_fp")),
             last_layer_fp=bool(params.get("last_weights_fullprecision") or params.get("ln_fp")),
-            ternary_weights=str(params.get("tern_weights", "") or ""), ternary_acts=str(params.get("tern_acts", "") or ""))
+            ternary_weights=str(params.get("tern_weights", "") or ""), ternary_acts=str(params.get("tern_acts", "") or ""),
+            sign_rule="round_half_even")  # the RWTH binarizer (see bnnrepro.nn.quantizers)
     else:  # the float networks ignore the binary options (spec C.11)
         model = ModelConfig(arch=arch, weights="fp", activations="relu", layer_order="CBAP", bias=True)
     return ExperimentConfig(

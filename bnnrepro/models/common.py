@@ -20,6 +20,8 @@ class ModelConfig:
     activations: str = "binary" # relu | binary
     estimator: str = "bnn"      # STE of quantized activations: vanilla | bnn | bireal | swish
     swish_beta: float = 10.0
+    sign_rule: str = "zero_positive"  # binary weights and activations, lenet5 and vggnet7 only: zero_positive
+                                # (sign(0) = +1) | round_half_even (the RWTH code's: -1 on [0, 2^-24])
     layer_order: str = "CPBA"   # CBAP: conv-BN-act-pool, CPBA: conv-pool-BN-act (RWTH's binary preset)
     bias: bool = False          # biases on quantized layers (full-precision layers always have one)
     batchnorm: bool = True
@@ -76,7 +78,7 @@ def activation_layers(cfg: ModelConfig, n_acts: int) -> list[nn.Module]:
     if cfg.activations != "binary":
         raise ValueError(f"model.activations must be 'relu' or 'binary', got '{cfg.activations}'")
     ternary = _digits(cfg.ternary_acts, n_acts, "ternary_acts")
-    return [QuantAct("ternary" if t else "binary", cfg.estimator, cfg.swish_beta) for t in ternary]
+    return [QuantAct("ternary" if t else "binary", cfg.estimator, cfg.swish_beta, cfg.sign_rule) for t in ternary]
 
 
 class _ShiftOnly:
