@@ -74,6 +74,8 @@ class TrainConfig:
                                       # between steps, float +-1 only during forward/backward/step
     latent_init: str = "model"        # model: the layers' own init | zero: every latent weight starts at 0, as
                                       # the SGDAT code (spec C.13; the first forward then uses sign(0) = +1)
+    tie_break: str = "topk"           # how accuracy ranks exactly tied logits: topk (torch.topk's order) |
+                                      # first_max (lowest class index first: torch.max(1), the RWTH code's)
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,7 @@ DIGEST_OMITS_DEFAULT = {"data": ("resize",),
                                   "xnor_scale", "pretrained", "sign_rule"),
                         "optim": ("lr_exp_decay", "grad_clip", "args", "reset_each_epoch", "lr_cosine_epochs",
                                   "lr_batch_reference"),
-                        "train": ("latent_init", "pack_weights")}
+                        "train": ("latent_init", "pack_weights", "tie_break")}
 OPTIONAL_SECTIONS = {"optim_fp": OptimConfig}
 
 
@@ -259,6 +261,7 @@ def allowed_values() -> dict[str, tuple]:
     top, because those modules import this one)."""
     from bnnrepro.data.sources import SOURCES
     from bnnrepro.engine.losses import LOSSES
+    from bnnrepro.engine.train import TIE_BREAKS
     from bnnrepro.models import MODELS
     from bnnrepro.models.pretrained import OFFICIAL_CHECKPOINTS
     from bnnrepro.nn.quantizers import ESTIMATORS, SIGN_RULES, WEIGHT_SCALES
@@ -270,7 +273,7 @@ def allowed_values() -> dict[str, tuple]:
             "model.layer_order": ("CBAP", "CPBA"), "model.padding": ("rwth", "same_zeros"),
             "model.xnor_scale": WEIGHT_SCALES, "model.pretrained": ("", *sorted(OFFICIAL_CHECKPOINTS)),
             "optim.name": tuple(OPTIMIZERS), "optim.regularization": REGULARIZATIONS, "train.loss": LOSSES,
-            "train.latent_init": ("model", "zero")}
+            "train.latent_init": ("model", "zero"), "train.tie_break": TIE_BREAKS}
 
 
 POSITIVE = ("data.batch_size", "data.eval_batch_size", "optim.lr", "train.epochs", "model.width")

@@ -51,7 +51,8 @@ def config_from_params(params: dict[str, Any], name: str) -> ExperimentConfig:
         name=name, paper="rwth", description=f"official RWTH checkpoint ({name})",
         data=DataConfig(dataset=dataset, batch_size=int(params.get("batch_size", 50)), mean=mean, std=std),
         model=model, optim=OptimConfig(name=str(params.get("optimizer", "sgd")).lower(), lr=float(params.get("lr", 0.01))),
-        train=TrainConfig(epochs=int(params.get("epochs", 0)), seed=int(params.get("seed", 0))))
+        train=TrainConfig(epochs=int(params.get("epochs", 0)), seed=int(params.get("seed", 0)),
+                          tie_break="first_max"))  # the RWTH code counts correct predictions with output.max(1)
 
 
 def load_rwth_state_dict(results_path: str | os.PathLike, key: str = "model_best") -> dict[str, torch.Tensor]:

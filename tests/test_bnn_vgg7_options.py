@@ -33,8 +33,9 @@ RWTH_DIGESTS = {"binary_cifar10": "9669aa2e7f80fb1e", "binary_mnist": "9ec46e058
                 "ref_cifar10": "67acd1b9525d4b65", "ref_mnist": "f6601414e0611432"}
 # keys the RWTH configs set since, to the published arithmetic (their digests changed on purpose); set back
 # to their defaults they give the old digests
-PUBLISHED_ARITHMETIC = {"binary_cifar10": {"model.sign_rule": "zero_positive"},
-                        "binary_mnist": {"model.sign_rule": "zero_positive"}}
+PUBLISHED_ARITHMETIC = {"binary_cifar10": {"model.sign_rule": "zero_positive", "train.tie_break": "topk"},
+                        "binary_mnist": {"model.sign_rule": "zero_positive", "train.tie_break": "topk"},
+                        "ref_cifar10": {"train.tie_break": "topk"}, "ref_mnist": {"train.tie_break": "topk"}}
 
 
 def model_cfg(path: Path, **changes):
@@ -62,9 +63,9 @@ def test_new_keys_change_the_digest_only_when_set():
     base = load_experiment(path).digest()
     assert load_experiment(path, {"model.bn_scale": True, "optim.grad_clip": 0.0, "optim.lr_exp_decay": 1.0,
                                   "model.padding": "rwth", "model.last_bn_shift": False,
-                                  "model.sign_rule": "round_half_even"}).digest() == base
+                                  "model.sign_rule": "round_half_even", "train.tie_break": "first_max"}).digest() == base
     for key, value in [("model.bn_scale", False), ("model.last_bn_shift", True), ("optim.grad_clip", 1.0),
-                       ("optim.lr_exp_decay", 0.98), ("model.sign_rule", "zero_positive")]:
+                       ("optim.lr_exp_decay", 0.98), ("model.sign_rule", "zero_positive"), ("train.tie_break", "topk")]:
         assert load_experiment(path, {key: value}).digest() != base, key
 
 

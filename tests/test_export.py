@@ -321,6 +321,7 @@ def test_rwth_folder_loads_with_identical_logits(tmp_path):
     assert cfg.data.dataset == "mnist" and cfg.model.arch == "lenet5" and cfg.model.weights == "binary"
     assert cfg.model.layer_order == "CPBA" and cfg.model.bias is False and cfg.model.estimator == "bnn"
     assert cfg.model.sign_rule == "round_half_even"  # the RWTH code's binarizer, for activations too
+    assert cfg.train.tie_break == "first_max"  # and its accuracy count, output.max(1)
     x = mnist_like_inputs()
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
