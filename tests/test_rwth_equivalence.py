@@ -230,3 +230,73 @@ def test_the_two_sign_rules_on_hand_picked_values():
     assert sign(t).tolist() == [-1, 1, 1, 1, 1, 1, 1, 1, -1]
     with pytest.raises(ValueError, match="Unknown sign rule"):
         sign(t, "round_half_up")
+
+
+# ------------------------------------------------------------------------------ VGGNet7, binary
+VGG_CONFIG = CONFIG.parent / "binary_cifar10.yml"
+VGG_BINARY_WEIGHTS = tuple(f"conv{i}.weight" for i in range(1, 7)) + ("fc1.weight", "fc2.weight", "fc3.weight")
+
+
+def official_same_replicate(x):
+    """BinaryConv2d_pad's padding for a 3x3 kernel at stride 1: total 2 per dimension (no odd extra row),
+    one replicated edge row/column on each side (F.pad with mode='replicate')."""
+    return F.pad(x, [1, 1, 1, 1], mode="replicate")
+
+
+def official_vggnet7(x, p, training):
+    """VGGNet7_binary.forward_cpba: conv1 (valid) -> BN -> act; conv2-6 (SAME, replicate) -> [maxpool after
+    conv2, conv4, conv6] -> BN -> act; fc1, fc2 -> BN -> act; fc3 -> BN1d(10, affine=False)."""
+    def bn(x, name):
+        return F.batch_norm(x, p[f"{name}.running_mean"], p[f"{name}.running_var"], p.get(f"{name}.weight"),
+                            p.get(f"{name}.bias"), training, 0.1, 1e-5)
+    x = official_act(bn(F.conv2d(x, p["conv1.weight"]), "bn1"))
+    for i in range(2, 7):
+        x = F.conv2d(official_same_replicate(x), p[f"conv{i}.weight"])
+        x = official_act(bn(F.max_pool2d(x, (2, 2)) if i % 2 == 0 else x, f"bn{i}"))
+    x = official_act(bn(F.linear(x.view(x.shape[0], -1), p["fc1.weight"]), "bn7"))
+    x = official_act(bn(F.linear(x, p["fc2.weight"]), "bn8"))
+    return bn(F.linear(x, p["fc3.weight"]), "bn9")
+
+
+def test_binary_vggnet7_matches_official_except_the_padding_backward():
+    """At a fresh BatchNorm, with latent weights in the band: logits, loss and BN statistics are
+    bit-identical. Gradients are bit-identical down to conv6's weight and bn6; below that they pass through
+    the replicate padding's backward, which adds the border gradients in another order than F.pad's (see
+    bnnrepro.nn.layers.replicate_pad), so they agree only up to float rounding."""
+    cfg = load_experiment(VGG_CONFIG, {"model.width": 0.125})
+    assert cfg.model.sign_rule == "round_half_even" and cfg.train.loss == "cross_entropy"
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 3, 10, 32)
+    with torch.no_grad():
+        for k in VGG_BINARY_WEIGHTS:
+            model.get_parameter(k).view(-1)[:len(BAND)] = torch.tensor(BAND)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for k in VGG_BINARY_WEIGHTS:
+        state[k] = official_binarize(state[k])
+    p = {k: v.requires_grad_() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")) else v
+         for k, v in state.items()}
+    torch.manual_seed(1)
+    x, y = torch.rand(16, 3, 32, 32) * 2 - 1, torch.randint(0, 10, (16,))
+
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), official_vggnet7(x, p, training=False))
+    model.train()
+    loss = loss_function(cfg.train.loss)(model(x), y)
+    ref_loss = F.cross_entropy(official_vggnet7(x, p, training=True), y)
+    assert torch.equal(loss, ref_loss)
+    loss.backward()
+    ref_loss.backward()
+    exact = {"conv6.weight", "bn6.weight", "bn6.bias", "fc1.weight", "bn7.weight", "bn7.bias", "fc2.weight",
+             "bn8.weight", "bn8.bias", "fc3.weight"}
+    for name, param in model.named_parameters():
+        if name in exact:
+            assert torch.equal(param.grad, p[name].grad), name
+        else:  # below the padding of conv6 (and conv2-5)
+            torch.testing.assert_close(param.grad, p[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+    for name, buf in model.state_dict().items():
+        if name.endswith(("running_mean", "running_var")):
+            assert torch.equal(buf, p[name]), name
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), official_vggnet7(x, p, training=False))
