@@ -63,7 +63,8 @@ def test_new_keys_change_the_digest_only_when_set():
     base = load_experiment(path).digest()
     assert load_experiment(path, {"model.bn_scale": True, "optim.grad_clip": 0.0, "optim.lr_exp_decay": 1.0,
                                   "model.padding": "rwth", "model.last_bn_shift": False,
-                                  "model.sign_rule": "round_half_even", "train.tie_break": "first_max"}).digest() == base
+                                  "model.sign_rule": "round_half_even",
+                                  "train.tie_break": "first_max"}).digest() == base
     for key, value in [("model.bn_scale", False), ("model.last_bn_shift", True), ("optim.grad_clip", 1.0),
                        ("optim.lr_exp_decay", 0.98), ("model.sign_rule", "zero_positive"), ("train.tie_break", "topk")]:
         assert load_experiment(path, {key: value}).digest() != base, key

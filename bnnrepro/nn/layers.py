@@ -70,7 +70,8 @@ class QuantConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.same_replicate:
             x = replicate_pad(x, *_same_padding(x.shape[-2:], self.kernel_size, self.stride))
-        return self._conv_forward(x, quantize_weight(self.weight, self.precision, self.scale, self.sign_rule), self.bias)
+        weight = quantize_weight(self.weight, self.precision, self.scale, self.sign_rule)
+        return self._conv_forward(x, weight, self.bias)
 
     def extra_repr(self) -> str:
         pad = ", padding=same_replicate" if self.same_replicate else ""

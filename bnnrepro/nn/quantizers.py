@@ -38,10 +38,10 @@ TERNARY_ACT_K = 0.4
 def sign(x: torch.Tensor, rule: str = "zero_positive") -> torch.Tensor:
     """+-1, never 0; the rule (SIGN_RULES) decides what x = 0 gives.
 
-    zero_positive is copysign(1, x + 0.0): adding +0.0 turns -0.0 into +0.0, so both zeros give +1. It is several
-    times faster on the CPU than torch.where(x >= 0, 1, -1). Both kernels write into one new buffer,
-    empty_like(x): one allocation instead of two halves the time on the CPU, where a large new tensor
-    costs page faults, and keeps x's exact strides (channels_last stays channels_last)."""
+    zero_positive is copysign(1, x + 0.0): adding +0.0 turns -0.0 into +0.0, so both zeros give +1.
+    It is several times faster on the CPU than torch.where(x >= 0, 1, -1). Both kernels write into one
+    new buffer, empty_like(x): one allocation instead of two halves the time on the CPU, where a large
+    new tensor costs page faults, and keeps x's exact strides (channels_last stays channels_last)."""
     if rule == "round_half_even":
         return round_half_even_sign(x)
     if rule != "zero_positive":
