@@ -29,6 +29,8 @@ class ModelConfig:
     activations: str = "binary" # relu | binary
     estimator: str = "bnn"      # STE of quantized activations: vanilla | bnn | bireal | swish
     swish_beta: float = 10.0
+    sign_rule: str = "zero_positive"  # binary weights and activations, lenet5 and vggnet7 only: zero_positive
+                                # (sign(0) = +1) | round_half_even (the RWTH code's: -1 on [0, 2^-24])
     layer_order: str = "CPBA"   # CBAP: conv-BN-act-pool, CPBA: conv-pool-BN-act (RWTH's binary preset)
     bias: bool = False          # biases on quantized layers (full-precision layers always have one)
     batchnorm: bool = True
@@ -113,6 +115,8 @@ class TrainConfig:
                                       # between steps, float +-1 only during forward/backward/step
     latent_init: str = "model"        # model: the layers' own init | zero: every latent weight starts at 0, as
                                       # the SGDAT code (docs/sgdat.md#zero-latent-init)
+    tie_break: str = "topk"           # how accuracy ranks exactly tied logits: topk (torch.topk's order) |
+                                      # first_max (lowest class index first: torch.max(1), the RWTH code's)
 
 
 @dataclass(frozen=True)
@@ -201,10 +205,10 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "tra
 # Keys added after runs had been checkpointed: left out of the digest while they hold their default.
 DIGEST_OMITS_DEFAULT = {"data": ("resize",),
                         "model": ("padding", "bn_scale", "last_bn_shift", "depth", "hidden", "bn_affine", "bn_out",
-                                  "xnor_scale", "pretrained"),
+                                  "xnor_scale", "pretrained", "sign_rule"),
                         "optim": ("lr_exp_decay", "grad_clip", "args", "reset_each_epoch", "lr_cosine_epochs",
                                   "lr_batch_reference"),
-                        "train": ("latent_init", "pack_weights")}
+                        "train": ("latent_init", "pack_weights", "tie_break")}
 OPTIONAL_SECTIONS = {"optim_fp": OptimConfig}
 
 
@@ -304,18 +308,19 @@ def allowed_values() -> dict[str, tuple]:
     top, because those modules import this one)."""
     from bnnrepro.data.sources import SOURCES
     from bnnrepro.engine.losses import LOSSES
+    from bnnrepro.engine.train import TIE_BREAKS
     from bnnrepro.models import MODELS
     from bnnrepro.models.pretrained import OFFICIAL_CHECKPOINTS
-    from bnnrepro.nn.quantizers import ESTIMATORS, WEIGHT_SCALES
+    from bnnrepro.nn.quantizers import ESTIMATORS, SIGN_RULES, WEIGHT_SCALES
     from bnnrepro.optim import OPTIMIZERS, REGULARIZATIONS
 
     return {"data.dataset": tuple(sorted(SOURCES)), "data.pad_mode": ("constant", "replicate"),
             "model.arch": tuple(sorted(MODELS)), "model.weights": ("fp", "binary"),
-            "model.activations": ("relu", "binary"), "model.estimator": ESTIMATORS,
+            "model.activations": ("relu", "binary"), "model.estimator": ESTIMATORS, "model.sign_rule": SIGN_RULES,
             "model.layer_order": ("CBAP", "CPBA"), "model.padding": ("rwth", "same_zeros"),
             "model.xnor_scale": WEIGHT_SCALES, "model.pretrained": ("", *sorted(OFFICIAL_CHECKPOINTS)),
             "optim.name": tuple(OPTIMIZERS), "optim.regularization": REGULARIZATIONS, "train.loss": LOSSES,
-            "train.latent_init": ("model", "zero")}
+            "train.latent_init": ("model", "zero"), "train.tie_break": TIE_BREAKS}
 
 
 POSITIVE = ("data.batch_size", "data.eval_batch_size", "optim.lr", "train.epochs", "model.width")

@@ -52,11 +52,11 @@ def load_any(model_path: Path, device: torch.device):
 
 
 def evaluate_on_test(model: torch.nn.Module, cfg: ExperimentConfig, data: Dataset, device: torch.device) -> dict:
-    """Top-1/top-5 (%) on the whole test split, with the config's input size and normalization."""
+    """Top-1/top-5 (%) on the whole test split, with the config's input size, normalization and tie break."""
     data = resized(data, cfg.data.resize)
     loader = BatchLoader(data.test_images, data.test_labels, cfg.data.eval_batch_size, max_value=data.max_value,
                          mean=tuple(cfg.data.mean), std=tuple(cfg.data.std), device=device)
-    return evaluate(model.to(device, memory_format=torch.channels_last), loader)
+    return evaluate(model.to(device, memory_format=torch.channels_last), loader, cfg.train.tie_break)
 
 
 def dataset_for(name: str, data_root: Path):

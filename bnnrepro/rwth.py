@@ -43,14 +43,16 @@ def config_from_params(params: dict[str, Any], name: str) -> ExperimentConfig:
             width=float(params.get("width_infl" if arch == "lenet5" else "width_scale", 1)),
             first_layer_fp=bool(params.get("first_weights_fullprecision") or params.get("l1_fp")),
             last_layer_fp=bool(params.get("last_weights_fullprecision") or params.get("ln_fp")),
-            ternary_weights=str(params.get("tern_weights", "") or ""), ternary_acts=str(params.get("tern_acts", "") or ""))
+            ternary_weights=str(params.get("tern_weights", "") or ""), ternary_acts=str(params.get("tern_acts", "") or ""),
+            sign_rule="round_half_even")  # the RWTH binarizer (see bnnrepro.nn.quantizers)
     else:  # the float networks ignore the binary options (docs/rwth.md#float-networks)
         model = ModelConfig(arch=arch, weights="fp", activations="relu", layer_order="CBAP", bias=True)
     return ExperimentConfig(
         name=name, paper="rwth", description=f"official RWTH checkpoint ({name})",
         data=DataConfig(dataset=dataset, batch_size=int(params.get("batch_size", 50)), mean=mean, std=std),
         model=model, optim=OptimConfig(name=str(params.get("optimizer", "sgd")).lower(), lr=float(params.get("lr", 0.01))),
-        train=TrainConfig(epochs=int(params.get("epochs", 0)), seed=int(params.get("seed", 0))))
+        train=TrainConfig(epochs=int(params.get("epochs", 0)), seed=int(params.get("seed", 0)),
+                          tie_break="first_max"))  # the RWTH code counts correct predictions with output.max(1)
 
 
 def load_rwth_state_dict(results_path: str | os.PathLike, key: str = "model_best") -> dict[str, torch.Tensor]:
