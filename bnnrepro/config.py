@@ -39,6 +39,8 @@ class ModelConfig:
     activations: str = "binary" # relu | binary
     estimator: str = "bnn"      # STE of quantized activations: vanilla | bnn | bireal | swish
     swish_beta: float = 10.0
+    sign_rule: str = "zero_positive"  # binary weights and activations, lenet5 and vggnet7 only: zero_positive
+                                # (sign(0) = +1) | round_half_even (the RWTH code's: -1 on [0, 2^-24])
     layer_order: str = "CPBA"   # CBAP: conv-BN-act-pool, CPBA: conv-pool-BN-act (RWTH's binary preset)
     bias: bool = False          # biases on quantized layers (full-precision layers always have one)
     batchnorm: bool = True
@@ -128,6 +130,8 @@ class TrainConfig:
                                       # between steps, float +-1 only during forward/backward/step
     latent_init: str = "model"        # model: the layers' own init | zero: every latent weight starts at 0, as
                                       # the SGDAT code (docs/sgdat.md#zero-latent-init)
+    tie_break: str = "topk"           # how accuracy ranks exactly tied logits: topk (torch.topk's order) |
+                                      # first_max (lowest class index first: torch.max(1), the RWTH code's)
 
 
 @dataclass(frozen=True)
@@ -267,10 +271,10 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "tra
 # Keys added after runs had been checkpointed: left out of the digest while they hold their default.
 DIGEST_OMITS_DEFAULT = {"data": ("resize",),
                         "model": ("padding", "bn_scale", "last_bn_shift", "depth", "hidden", "bn_affine", "bn_out",
-                                  "xnor_scale", "pretrained"),
+                                  "xnor_scale", "pretrained", "sign_rule"),
                         "optim": ("lr_exp_decay", "grad_clip", "args", "reset_each_epoch", "lr_cosine_epochs",
                                   "lr_batch_reference"),
-                        "train": ("latent_init", "pack_weights")}
+                        "train": ("latent_init", "pack_weights", "tie_break")}
 OPTIONAL_SECTIONS = {"optim_fp": OptimConfig}
 
 
@@ -300,7 +304,8 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str)
     return raw
 
 
-def _read_yaml_mapping(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """A YAML file holding a mapping, read as configs are (bounded size, UTF-8, ConfigLoader)."""
     try:
         if path.stat().st_size > MAX_CONFIG_BYTES:
             raise ConfigError(f"{path}: {path.stat().st_size} bytes, more than a config's limit of "
@@ -329,7 +334,7 @@ def load_recipe(spec: str) -> dict[str, Any]:
     file, _, name = spec.rpartition(":")
     if not file or not name:
         raise ConfigError(f"recipe '{spec}': must look like FILE:NAME - e.g. config/sgdat/optimizers.yml:sgdm")
-    recipes = _read_yaml_mapping(Path(file))
+    recipes = read_yaml_mapping(Path(file))
     if name not in recipes:
         raise ConfigError(f"{file}: no recipe '{name}' - use one of {sorted(recipes)}")
     recipe = recipes[name]
@@ -349,7 +354,7 @@ def load_experiment(path: str | os.PathLike, overrides: dict[str, Any] | None = 
     losses, ...): the registries import torch, which costs seconds per process, and a stage that only
     records why a profile skips an experiment needs its description, not its validation."""
     path = Path(path)
-    raw = _read_yaml_mapping(path)
+    raw = read_yaml_mapping(path)
     _profile_section(raw, path, profile)  # checks every profile name, used or not
     known = {f.name for f in dataclasses.fields(ExperimentConfig)} - {"name", "recipe"}
     unknown = sorted(set(raw) - known)
@@ -381,18 +386,19 @@ def allowed_values() -> dict[str, tuple]:
     top, because those modules import this one)."""
     from bnnrepro.data.sources import SOURCES
     from bnnrepro.engine.losses import LOSSES
+    from bnnrepro.engine.train import TIE_BREAKS
     from bnnrepro.models import MODELS
     from bnnrepro.models.pretrained import OFFICIAL_CHECKPOINTS
-    from bnnrepro.nn.quantizers import ESTIMATORS, WEIGHT_SCALES
+    from bnnrepro.nn.quantizers import ESTIMATORS, SIGN_RULES, WEIGHT_SCALES
     from bnnrepro.optim import OPTIMIZERS, REGULARIZATIONS
 
     return {"data.dataset": tuple(sorted(SOURCES)), "data.pad_mode": ("constant", "replicate"),
             "model.arch": tuple(sorted(MODELS)), "model.weights": ("fp", "binary"),
-            "model.activations": ("relu", "binary"), "model.estimator": ESTIMATORS,
+            "model.activations": ("relu", "binary"), "model.estimator": ESTIMATORS, "model.sign_rule": SIGN_RULES,
             "model.layer_order": ("CBAP", "CPBA"), "model.padding": ("rwth", "same_zeros"),
             "model.xnor_scale": WEIGHT_SCALES, "model.pretrained": ("", *sorted(OFFICIAL_CHECKPOINTS)),
             "optim.name": tuple(OPTIMIZERS), "optim.regularization": REGULARIZATIONS, "train.loss": LOSSES,
-            "train.latent_init": ("model", "zero")}
+            "train.latent_init": ("model", "zero"), "train.tie_break": TIE_BREAKS}
 
 
 POSITIVE = ("data.batch_size", "data.eval_batch_size", "optim.lr", "train.epochs", "model.width")
@@ -451,4 +457,4 @@ def _profile_section(raw: dict[str, Any], path: Path, profile: str | None) -> di
 def skip_reason(config_path: str | os.PathLike, profile: str) -> str | None:
     """Why an experiment does not run in `profile` (its `profiles.<profile>.skip`), or None."""
     path = Path(config_path)
-    return _profile_section(_read_yaml_mapping(path), path, profile).get("skip")
+    return _profile_section(read_yaml_mapping(path), path, profile).get("skip")

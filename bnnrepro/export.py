@@ -26,7 +26,7 @@ from bnnrepro.io import atomic_write, write_json
 from bnnrepro.models import build_model
 from bnnrepro.nn.layers import quantized_layers
 from bnnrepro.nn.packing import pack_signs, unpack_signs
-from bnnrepro.nn.quantizers import TERNARY_WEIGHT_K, ternarize
+from bnnrepro.nn.quantizers import TERNARY_WEIGHT_K, sign, ternarize
 
 FORMATS = ("latent", "packed")
 
@@ -40,7 +40,9 @@ def _packed_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, 
             key = f"{name}.weight"
             w = state[key]
             if module.precision == "binary":
-                state[key], encodings[key] = pack_signs(w), {"encoding": "sign_bits", "shape": list(w.shape)}
+                # the signs the forward uses: under round_half_even a latent 0 is -1, not pack_signs' +1
+                signs = sign(w, module.sign_rule)
+                state[key], encodings[key] = pack_signs(signs), {"encoding": "sign_bits", "shape": list(w.shape)}
             else:
                 state[key] = ternarize(w, TERNARY_WEIGHT_K).to(torch.int8)
                 encodings[key] = {"encoding": "ternary_int8", "shape": list(w.shape)}

@@ -1,7 +1,7 @@
 """Read the official checkpoints of the RWTH "Efficient Binary Neural Networks" code (seed 002).
 
-A run folder holds `params.yml` (the merged settings) and `results.pt`, whose `model_best` is a
-plain state_dict; binary layers hold +-1 weights (docs/rwth.md#official-checkpoints). `results.pt` is read with
+A run folder holds `params.yml` (the merged settings), `results.pt`, whose `model_best` is a
+plain state_dict, and `test_accuracy.txt` (the published test accuracy of those weights); binary layers hold +-1 weights (docs/rwth.md#official-checkpoints). `results.pt` is read with
 `weights_only=True`, so no pickled code runs; `params.pt` (a pickled argparse.Namespace) is never read.
 The layer names of our LeNet5/VGGNet7 follow the RWTH modules (conv1.., bn1.., fc1..); a
 `module.` prefix left by nn.DataParallel is removed.
@@ -59,14 +59,16 @@ def _config_from_params(params: dict[str, Any], name: str) -> ExperimentConfig:
             width=float(params.get("width_infl" if arch == "lenet5" else "width_scale", 1)),
             first_layer_fp=bool(params.get("first_weights_fullprecision") or params.get("l1_fp")),
             last_layer_fp=bool(params.get("last_weights_fullprecision") or params.get("ln_fp")),
-            ternary_weights=str(params.get("tern_weights", "") or ""), ternary_acts=str(params.get("tern_acts", "") or ""))
+            ternary_weights=str(params.get("tern_weights", "") or ""), ternary_acts=str(params.get("tern_acts", "") or ""),
+            sign_rule="round_half_even")  # the RWTH binarizer (see bnnrepro.nn.quantizers)
     else:  # the float networks ignore the binary options (docs/rwth.md#float-networks)
         model = ModelConfig(arch=arch, weights="fp", activations="relu", layer_order="CBAP", bias=True)
     return ExperimentConfig(
         name=name, paper="rwth", description=f"official RWTH checkpoint ({name})",
         data=DataConfig(dataset=dataset, batch_size=int(params.get("batch_size", 50)), mean=mean, std=std),
         model=model, optim=OptimConfig(name=str(params.get("optimizer", "sgd")).lower(), lr=float(params.get("lr", 0.01))),
-        train=TrainConfig(epochs=int(params.get("epochs", 0)), seed=int(params.get("seed", 0))))
+        train=TrainConfig(epochs=int(params.get("epochs", 0)), seed=int(params.get("seed", 0)),
+                          tie_break="first_max"))  # the RWTH code counts correct predictions with output.max(1)
 
 
 def load_rwth_state_dict(results_path: str | os.PathLike, key: str = "model_best") -> dict[str, torch.Tensor]:
@@ -78,6 +80,17 @@ def load_rwth_state_dict(results_path: str | os.PathLike, key: str = "model_best
                                               for k, v in state.items()):
         raise BadFileError(f"{results_path}: '{key}' is not a state_dict (names -> tensors) - not an RWTH results.pt")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def read_published_accuracy(folder: str | os.PathLike) -> float | None:
+    """The test accuracy (%) published beside the weights (`test_accuracy.txt`, one number), or None."""
+    path = Path(folder) / "test_accuracy.txt"
+    if not path.is_file():
+        return None
+    try:
+        return round(float(path.read_text().strip()), 2)
+    except ValueError as e:
+        raise ValueError(f"'{path}' should hold one number (the published test accuracy): {e}") from e
 
 
 def read_params(folder: str | os.PathLike) -> dict[str, Any]:

@@ -21,6 +21,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=Path, default=Path("reports/runs"))
     p.add_argument("--pretrained", type=Path, default=Path("pretrained"))
     p.add_argument("--pretrained-results", type=Path, default=Path("reports/pretrained"))
+    p.add_argument("--official-results", type=Path, default=Path("reports/official"),
+                   help="infer@official_<name> results: published weights evaluated here")
     p.add_argument("--reference", type=Path, default=Path("reference"))
     p.add_argument("--recipes", type=Path, default=Path("config/sgdat/optimizers.yml"),
                    help="recipe file: its order is the comparison table's row order")
@@ -34,7 +36,7 @@ def main(argv=None) -> int:
     write_text(args.out / "README.md", claims.front_page(front, papers, "plots/claims.png"))
     write_json(args.out / "summary.json", claims.summary(front))
 
-    table = collect(args.runs, args.pretrained, args.pretrained_results)
+    table = collect(args.runs, args.pretrained, args.pretrained_results, args.official_results)
     write_text(args.out / "accuracy.csv", table.to_csv(index=False))
     write_text(args.out / "accuracy.md", to_markdown(table))
     plot_rwth_curves(args.pretrained, args.reference, args.out / "plots" / "rwth_curves.png")

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from bnnrepro.config import ConfigError, ExperimentConfig, load_experiment, parse_override, skip_reason
+from bnnrepro.models import build_model
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config" / "rwth"
 RWTH_CONFIGS = sorted(CONFIG_DIR.glob("*.yml"))
@@ -247,3 +248,12 @@ def test_finetune_keys_are_checked(override, words):
     with pytest.raises(ConfigError) as e:
         load_experiment(FINETUNE / "finetune_adambnn.yml", override)
     assert all(w in str(e.value) for w in words + ["finetune_adambnn.yml"])
+
+
+def test_sign_rule_is_checked_and_only_the_rwth_models_take_it():
+    with pytest.raises(ConfigError, match="model.sign_rule"):
+        load_experiment(MNIST, {"model.sign_rule": "round_half_up"})
+    mlp = load_experiment(Path(__file__).resolve().parents[1] / "config" / "compare" / "binary_mlp.yml",
+                          {"model.sign_rule": "round_half_even"})
+    with pytest.raises(ValueError, match="sign_rule"):  # not silently ignored by a model without the option
+        build_model(mlp.model, 1, 10, 28)

@@ -26,6 +26,7 @@ from bnnrepro.errors import run_cli
 from bnnrepro.export import load_model, pack_signs, save_model, unpack_signs
 from bnnrepro.models import build_model
 from bnnrepro.nn.layers import quantized_layers
+from bnnrepro.nn.quantizers import sign
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "config" / "rwth"
@@ -139,22 +140,28 @@ def test_pack_signs_bit_order_is_little_endian():
 
 # ---------------------------------------------------------------------------- save / load_model
 
-def test_packed_model_reloads_with_identical_logits(tmp_path):
-    model = lenet()
+@pytest.mark.parametrize("sign_rule", ["round_half_even", "zero_positive"])
+def test_packed_model_reloads_with_identical_logits(tmp_path, sign_rule):
+    saved_cfg = config(sign_rule=sign_rule)
+    model = lenet(saved_cfg)
     x = mnist_like_inputs()
     with torch.no_grad():
         expected = model(x)
-    save_model(model, tmp_path / "m", config(), LENET_INPUT, fmt="packed", metadata={"note": "test"})
+    save_model(model, tmp_path / "m", saved_cfg, LENET_INPUT, fmt="packed", metadata={"note": "test"})
     loaded, cfg, meta = load_model(tmp_path / "m")
     assert not loaded.training
-    assert cfg == config() and meta["format"] == "packed" and meta["note"] == "test" and meta["input"] == LENET_INPUT
+    assert cfg == saved_cfg and meta["format"] == "packed" and meta["note"] == "test" and meta["input"] == LENET_INPUT
     with torch.no_grad():
         assert torch.equal(loaded(x), expected)
-    # the loaded latent weights are the signs of the trained ones; everything else is copied exactly
+    # the loaded latent weights are the signs the forward used (a latent 0 is -1 under round_half_even,
+    # +1 under zero_positive); everything else is copied exactly
     state, loaded_state = model.state_dict(), loaded.state_dict()
+    zero_gives = -1.0 if sign_rule == "round_half_even" else 1.0
     for key in state:
         if key in ("conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"):
-            assert torch.equal(loaded_state[key], torch.where(state[key] >= 0, 1.0, -1.0)), key
+            signs = torch.where(state[key] > 0, 1.0, torch.where(state[key] == 0, zero_gives, -1.0))
+            assert (state[key] == 0).any(), key  # randomize_ put exact zeros there
+            assert torch.equal(loaded_state[key], signs), key
         else:
             assert torch.equal(loaded_state[key], state[key]), key
 
@@ -299,10 +306,11 @@ def write_rwth_folder(folder: Path, model_best) -> Path:
 
 
 def rwth_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """What the RWTH code saves: +-1 fp32 weights in binary layers, keys prefixed by nn.DataParallel."""
+    """What the RWTH code saves: +-1 fp32 weights in binary layers (its binarizer's: a latent 0 is -1),
+    keys prefixed by nn.DataParallel."""
     state = {k: v.clone() for k, v in model.state_dict().items()}
     for name in ("conv1", "conv2", "fc1", "fc2"):
-        state[f"{name}.weight"] = torch.where(state[f"{name}.weight"] >= 0, 1.0, -1.0)
+        state[f"{name}.weight"] = sign(state[f"{name}.weight"], "round_half_even")
     return {f"module.{k}": v for k, v in state.items()}
 
 
@@ -313,6 +321,8 @@ def test_rwth_folder_loads_with_identical_logits(tmp_path):
     assert not loaded.training
     assert cfg.data.dataset == "mnist" and cfg.model.arch == "lenet5" and cfg.model.weights == "binary"
     assert cfg.model.layer_order == "CPBA" and cfg.model.bias is False and cfg.model.estimator == "bnn"
+    assert cfg.model.sign_rule == "round_half_even"  # the RWTH code's binarizer, for activations too
+    assert cfg.train.tie_break == "first_max"  # and its accuracy count, output.max(1)
     x = mnist_like_inputs()
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))

@@ -21,6 +21,7 @@ from bnnrepro.data.prepared import write_prepared
 from bnnrepro.export import load_model, save_model
 from bnnrepro.models import build_model
 from bnnrepro.nn.layers import QuantConv2d, QuantLinear
+from bnnrepro.nn.quantizers import sign
 from test_train import synthetic_split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,7 +171,8 @@ def test_layer_inputs_pair_each_quantizer_with_the_layer_it_feeds():
     for layer in ("conv2", "fc1", "fc2"):
         a_b, a_c = traced.inputs[layer], traced.continuous[layer]
         assert set(a_b.unique().tolist()) == {-1.0, 1.0}
-        assert not torch.equal(a_c, a_b) and torch.equal(torch.where(a_c >= 0, 1.0, -1.0), a_b)  # A^b = sign(A^c)
+        # A^b = sign(A^c), with the config's sign rule (exact zeros in A^c give -1 under round_half_even)
+        assert not torch.equal(a_c, a_b) and torch.equal(sign(a_c, model.act1.sign_rule), a_b)
     # CPBA: conv2's A^c is BN(pool(conv1 x)), the input of act1
     expected = model.bn1(F.max_pool2d(model.conv1(images), 2)).detach()
     torch.testing.assert_close(traced.continuous["conv2"], expected)

@@ -34,6 +34,42 @@ def test_sign_random_tensor_is_pm1_and_matches_x_ge_0():
     assert torch.equal(out, torch.where(x >= 0, 1.0, -1.0))
 
 
+def test_round_half_even_rule_gives_minus_one_on_zero_and_the_fp32_band():
+    """The RWTH binarizer: (x + 1) / 2 is exactly 0.5 for x in [0, 2^-24] (1 + x rounds to 1), and round
+    half to even sends 0.5 to 0, i.e. -1; just above the band (2^-23) it is +1."""
+    x = torch.tensor([-2.0, -1e-3, -0.0, 0.0, 2.0 ** -149, 1e-8, 2.0 ** -24, 2.0 ** -23, 1e-3, 3.0])
+    assert sign(x, "round_half_even").tolist() == [-1, -1, -1, -1, -1, -1, -1, 1, 1, 1]
+    assert sign(x).tolist() == [-1, -1, 1, 1, 1, 1, 1, 1, 1, 1]
+    r = torch.randn(1000, generator=torch.Generator().manual_seed(0))  # off the band the rules agree
+    assert torch.equal(sign(r, "round_half_even"), sign(r))
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_round_half_even_binarizes_the_surrogate_and_keeps_its_gradient(estimator):
+    """As the RWTH code (binarize(ste_forward(x))): the forward is the rule on the surrogate's value (for
+    bireal 2x - x^2, so 2^-25 lands in the band), and the backward is the surrogate's derivative."""
+    x = torch.tensor([-0.5, 0.0, 2.0 ** -25, 2.0 ** -22, 0.5, 1.5], requires_grad=True)
+    out = binarize(x, estimator, BETA, "round_half_even")
+    value = surrogate(x.detach(), estimator, BETA)
+    if estimator == "swish":  # the RWTH SignSwish puts the pre-swish value back where the swish is exactly 0
+        value = torch.where(value == 0, x.detach(), value)
+    assert torch.equal(out, ((value + 1) / 2).clamp(0, 1).round() * 2 - 1)
+    assert out[1] == -1 and out[3] == 1
+    out.sum().backward()
+    assert torch.equal(x.grad, surrogate_grad(x.detach(), estimator, BETA))
+
+
+def test_quantized_layers_use_their_sign_rule():
+    act = QuantAct("binary", "bnn", sign_rule="round_half_even")
+    assert act(torch.zeros(3)).tolist() == [-1, -1, -1]
+    assert QuantAct("binary", "bnn")(torch.zeros(3)).tolist() == [1, 1, 1]
+    w = torch.tensor([[0.0, 1e-9, -0.3]])
+    assert quantize_weight(w, "binary", rule="round_half_even").tolist() == [[-1, -1, -1]]
+    assert quantize_weight(w, "binary").tolist() == [[1, 1, -1]]
+    with pytest.raises(ValueError, match="Unknown sign rule"):
+        QuantAct("binary", "bnn", sign_rule="nearest")
+
+
 def test_sign_keeps_channels_last_strides():
     x = torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last)
     out = sign(x)

@@ -26,7 +26,7 @@ CLAIMS = {
                "bws": {"title": "BWS", "docs": "docs/bws.md"}, "hd": {"title": "HD", "docs": "docs/hd-geometry.md"}},
     "claims": [
         {"id": "shipped", "paper": "rwth", "claim": "LeNet5 binary", "kind": "accuracy", "shipped": "lenet",
-         "detail": "accuracy.md"},
+         "official": "rwth_lenet", "detail": "accuracy.md"},
         {"id": "noise", "paper": "rwth", "claim": "LeNet5 float", "kind": "accuracy", "run": "rwth_float",
          "detail": "accuracy.md"},
         {"id": "grid", "paper": "sgdat", "claim": "Table 2, CIFAR-10", "kind": "grid", "runs": "sgdat_*_cifar10",
@@ -73,6 +73,7 @@ def results(tmp_path) -> claims.Results:
            "profile": "paper", "epochs_trained": 500, "published_epochs": 500, "seed": 2,
            "budget": "500 epochs (the published recipe: 500); CPU, 2 thread(s); seed 2"})
     write(tmp_path / "reports" / "pretrained" / "lenet.json", {"accuracy": 99.12, "n": 10000, "dataset": "mnist"})
+    write(tmp_path / "reports" / "official" / "rwth_lenet.json", {"status": "not run", "reason": "not fetched: offline"})
     write(tmp_path / "reports" / "memory_training_state.csv",
           "model,method,measured_state_kib,peak_step_kib,peak_step_batch\n"
           "fcn,latent SGD,525.0,1000.0,16384\nfcn,flip,16.5,990.0,16384\n")

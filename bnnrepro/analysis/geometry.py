@@ -202,7 +202,7 @@ def is_quantized(module: nn.Module) -> bool:
 @torch.no_grad()
 def quantized_weight(layer: nn.Module) -> torch.Tensor:
     """W^b: what the layer's forward multiplies with (sign, or ternarize for ternary layers)."""
-    return quantize_weight(layer.weight.detach(), layer.precision)
+    return quantize_weight(layer.weight.detach(), layer.precision, rule=layer.sign_rule)
 
 
 @torch.no_grad()

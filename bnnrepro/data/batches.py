@@ -59,7 +59,7 @@ class BatchLoader:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.images, self.labels = images.to(device), labels.to(device)
         self.batch_size, self.shuffle, self.seed, self.augment = batch_size, shuffle, seed, augment
-        self.scale = 1.0 / max_value
+        self.max_value = max_value
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.epoch = 0
@@ -79,7 +79,9 @@ class BatchLoader:
             yield self._transform(self.images[idx], gen), self.labels[idx]
 
     def _transform(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x = images.float() * self.scale  # not in place: float images would alias the dataset
+        # divided, not multiplied by 1 / max_value: torchvision's ToTensor (the published pipelines') divides, and
+        # x * (1/255) differs from x / 255 in the last bit for 126 of the 256 pixel values (docs/rwth.md)
+        x = images.float() / self.max_value  # not in place: float images would alias the dataset
         if self.augment.flip:
             x = random_flip(x, gen)
         if self.augment.crop_padding:

@@ -75,14 +75,33 @@ def make_loaders(cfg: DataConfig, dataset: Dataset, seed: int, device: torch.dev
     return Loaders(train, val, test)
 
 
+# How exactly tied logits are ranked when accuracy is counted (train.tie_break). Binary networks tie often:
+# integer dot products through a BatchNorm give equal logits for hundreds of test images.
+TIE_BREAKS = ("topk", "first_max")
+
+
+def top_classes(logits: torch.Tensor, k: int, tie_break: str = "topk") -> torch.Tensor:
+    """The k best classes of each row, best first.
+
+    topk: torch.topk's order, which leaves the order of tied logits unspecified. first_max: tied logits
+    rank by class index, lowest first, so column 0 is torch.max(1)'s index, the first maximal one (the
+    RWTH code counts correct predictions with `output.max(1)`), and top-5 ranks ties the same way; a
+    stable descending sort gives exactly that."""
+    if tie_break == "topk":
+        return logits.topk(k, dim=1).indices
+    if tie_break == "first_max":
+        return logits.sort(dim=1, descending=True, stable=True).indices[:, :k]
+    raise ValueError(f"Unknown tie break '{tie_break}'. Valid: {TIE_BREAKS}")
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: BatchLoader) -> dict[str, float]:
-    """Top-1 and top-5 accuracy (%) of `model` in eval mode."""
+def evaluate(model: nn.Module, loader: BatchLoader, tie_break: str = "topk") -> dict[str, float]:
+    """Top-1 and top-5 accuracy (%) of `model` in eval mode; `tie_break` ranks tied logits (TIE_BREAKS)."""
     model.eval()
     correct1 = correct5 = total = 0
     for x, y in loader:
         logits = model(x)
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        top = top_classes(logits, min(5, logits.shape[1]), tie_break)
         correct1 += (top[:, 0] == y).sum().item()
         correct5 += (top == y[:, None]).any(1).sum().item()
         total += len(y)
@@ -237,7 +256,7 @@ def fit(cfg: ExperimentConfig, dataset: Dataset, device: torch.device, checkpoin
         row = train_one_epoch(model, loaders.train, optimizer, cfg, epoch, bar, net, ranks)
         seconds = time.perf_counter() - tic
         check_finite_weights(model, cfg, epoch)
-        val = evaluate(model, loaders.val)
+        val = evaluate(model, loaders.val, cfg.train.tie_break)
         train_seconds += seconds
         row = {"epoch": epoch, **lrs, **row, "val_top1": val["top1"], "val_top5": val["top5"],
                "epoch_seconds": round(seconds, 3), "train_images_per_s": round(len(loaders.train.labels) / seconds, 1)}
@@ -254,6 +273,6 @@ def fit(cfg: ExperimentConfig, dataset: Dataset, device: torch.device, checkpoin
     bar.close()
 
     model.load_state_dict(best["model"])
-    test = evaluate(model, loaders.test)
+    test = evaluate(model, loaders.test, cfg.train.tie_break)
     return FitResult(model=model, history=history, best_epoch=best["epoch"], best_val_top1=best["val_top1"],
                      test=test, train_seconds=train_seconds, resumed_from_epoch=start_epoch - 1, extra=extra)

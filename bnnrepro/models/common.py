@@ -36,7 +36,7 @@ def activation_layers(cfg: ModelConfig, n_acts: int) -> list[nn.Module]:
     if cfg.activations != "binary":
         raise ValueError(f"model.activations must be 'relu' or 'binary', got '{cfg.activations}'")
     ternary = _digits(cfg.ternary_acts, n_acts, "ternary_acts")
-    return [QuantAct("ternary" if t else "binary", cfg.estimator, cfg.swish_beta) for t in ternary]
+    return [QuantAct("ternary" if t else "binary", cfg.estimator, cfg.swish_beta, cfg.sign_rule) for t in ternary]
 
 
 class _ShiftOnly:

@@ -29,14 +29,15 @@ class LeNet5(nn.Module):
         c1, c2 = int(32 * cfg.width), int(64 * cfg.width)
         p = weight_precisions(cfg, 4)
         bias = [cfg.bias or prec == "fp" for prec in p]
+        rule = cfg.sign_rule
         self.order = cfg.layer_order
-        self.conv1 = QuantConv2d(in_channels, c1, 5, padding=2, bias=bias[0], precision=p[0])
+        self.conv1 = QuantConv2d(in_channels, c1, 5, padding=2, bias=bias[0], precision=p[0], sign_rule=rule)
         self.bn1 = norm2d(cfg, c1)
-        self.conv2 = QuantConv2d(c1, c2, 5, bias=bias[1], precision=p[1])
+        self.conv2 = QuantConv2d(c1, c2, 5, bias=bias[1], precision=p[1], sign_rule=rule)
         self.bn2 = norm2d(cfg, c2)
-        self.fc1 = QuantLinear(c2 * 5 * 5, 512, bias=bias[2], precision=p[2])
+        self.fc1 = QuantLinear(c2 * 5 * 5, 512, bias=bias[2], precision=p[2], sign_rule=rule)
         self.bn3 = norm1d(cfg, 512)
-        self.fc2 = QuantLinear(512, num_classes, bias=bias[3], precision=p[3])
+        self.fc2 = QuantLinear(512, num_classes, bias=bias[3], precision=p[3], sign_rule=rule)
         self.bn4 = output_norm(cfg, num_classes)
         self.act1, self.act2, self.act3 = activation_layers(cfg, 3)
         self.pool = nn.MaxPool2d(2)

@@ -10,6 +10,7 @@ any backbone parameter is missing or has another shape, and reports which checkp
 
 The files are read with `torch.load(weights_only=True)` (bnnrepro.io.torch_load): a checkpoint that holds
 pickled code is refused without running it. Neither publisher gives a checksum, so none is invented here:
+stage fetch@<name> records the SHA-256 of the first copy it fetched and refuses any other afterwards, and
 each run records the SHA-256 of the file it actually used (`PretrainedLoad.sha256`, in the run's metadata).
 """
 
@@ -80,7 +81,8 @@ def official_checkpoint(name: str) -> OfficialCheckpoint:
 
 def find_checkpoint_file(name: str, folder: str | os.PathLike | None, mirror: str | None = None) -> Path:
     """The local copy of checkpoint `name`: `folder/<filename>`, else `<mirror>/pretrained/<filename>`.
-    Nothing is downloaded: the official links are share pages, and no checksum could verify a download."""
+    Nothing is downloaded here: stage fetch@<name> brings the file into data/official/<name>/ (the
+    pipeline's `folder`), checked and with its SHA-256 recorded (bnnrepro/official.py)."""
     entry = official_checkpoint(name)
     candidates = [Path(folder) / entry.filename] if folder is not None else []
     if mirror and "://" not in mirror:
@@ -91,9 +93,10 @@ def find_checkpoint_file(name: str, folder: str | os.PathLike | None, mirror: st
     tried = "\n".join(f"  {p}" for p in candidates) or "  (no folder given)"
     raise MissingFileError(
         f"The official '{name}' checkpoint '{entry.filename}' is not here. Tried:\n{tried}\n"
-        f"Download it from {entry.url}\n({entry.origin}) and save it as "
-        f"'{candidates[0] if candidates else entry.filename}'. No checksum is published; the run records the "
-        "SHA-256 of the file it uses.")
+        f"Download it from {entry.url}\n({entry.origin}) and save it as 'data/{MIRROR_FOLDER}/{entry.filename}' "
+        f"(or <mirror>/{MIRROR_FOLDER}/{entry.filename}), then run `dvc repro -f fetch@{name}`: it checks the file "
+        f"and copies it to data/official/{name}/. No checksum is published; the first fetch records the file's "
+        "SHA-256 in config/official_sha256.yml and later fetches must match it (docs/pretrained-weights.md).")
 
 
 def read_official_state_dict(path: str | os.PathLike, state_key: str) -> dict[str, torch.Tensor]:

@@ -43,6 +43,7 @@ class VGGNet7(nn.Module):
             raise ValueError(f"VGGNet7 expects 32x32 images, got {image_size}x{image_size}")
         p = weight_precisions(cfg, 9)
         bias = [cfg.bias or prec == "fp" for prec in p]
+        rule = cfg.sign_rule
         acts = activation_layers(cfg, 8)
         self.order = cfg.layer_order
         self.pool = nn.MaxPool2d(2)
@@ -51,19 +52,20 @@ class VGGNet7(nn.Module):
         for i, (mult, pool) in enumerate(CONVS):
             out = int(128 * mult * cfg.width)
             padding = conv_padding(cfg.padding, i)
-            setattr(self, f"conv{i + 1}", QuantConv2d(channels, out, 3, padding=padding, bias=bias[i], precision=p[i]))
+            setattr(self, f"conv{i + 1}", QuantConv2d(channels, out, 3, padding=padding, bias=bias[i], precision=p[i],
+                                                         sign_rule=rule))
             setattr(self, f"bn{i + 1}", norm2d(cfg, out))
             setattr(self, f"act{i + 1}", acts[i])
             channels = out
             size = size - 2 if padding == 0 else size  # valid 3x3 loses a border; SAME keeps the size
             size = size // 2 if pool else size
-        self.fc1 = QuantLinear(channels * size * size, 1024, bias=bias[6], precision=p[6])
+        self.fc1 = QuantLinear(channels * size * size, 1024, bias=bias[6], precision=p[6], sign_rule=rule)
         self.bn7 = norm1d(cfg, 1024)
         self.act7 = acts[6]
-        self.fc2 = QuantLinear(1024, 1024, bias=bias[7], precision=p[7])
+        self.fc2 = QuantLinear(1024, 1024, bias=bias[7], precision=p[7], sign_rule=rule)
         self.bn8 = norm1d(cfg, 1024)
         self.act8 = acts[7]
-        self.fc3 = QuantLinear(1024, num_classes, bias=bias[8], precision=p[8])
+        self.fc3 = QuantLinear(1024, num_classes, bias=bias[8], precision=p[8], sign_rule=rule)
         self.bn9 = output_norm(cfg, num_classes)
         xavier_init_(self)
 

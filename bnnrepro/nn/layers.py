@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bnnrepro.nn.quantizers import TERNARY_ACT_K, WEIGHT_SCALES, binarize, quantize_weight, sign, ternarize_ste
+from bnnrepro.nn.quantizers import (SIGN_RULES, TERNARY_ACT_K, WEIGHT_SCALES, binarize, quantize_weight, sign,
+                                    ternarize_ste)
 
 PRECISIONS = ("fp", "binary", "ternary")
 
@@ -25,16 +26,28 @@ def _check_precision(precision: str) -> str:
     return precision
 
 
+def _check_sign_rule(rule: str) -> str:
+    if rule not in SIGN_RULES:
+        raise ValueError(f"Unknown sign rule '{rule}'. Valid: {SIGN_RULES}")
+    return rule
+
+
+def _rule_repr(rule: str) -> str:
+    return f", sign_rule={rule}" if rule != "zero_positive" else ""
+
+
 class QuantLinear(nn.Linear):
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, precision: str = "binary"):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, precision: str = "binary",
+                 sign_rule: str = "zero_positive"):
         super().__init__(in_features, out_features, bias=bias)
         self.precision = _check_precision(precision)
+        self.sign_rule = _check_sign_rule(sign_rule)  # of binary weights (see quantizers.SIGN_RULES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, quantize_weight(self.weight, self.precision), self.bias)
+        return F.linear(x, quantize_weight(self.weight, self.precision, rule=self.sign_rule), self.bias)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, precision={self.precision}"
+        return f"{super().extra_repr()}, precision={self.precision}{_rule_repr(self.sign_rule)}"
 
 
 class QuantConv2d(nn.Conv2d):
@@ -42,7 +55,8 @@ class QuantConv2d(nn.Conv2d):
     with edge values (RWTH VGGNet7's conv2-6: an odd total puts the extra row/column bottom/right)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int | str = 0, bias: bool = True, precision: str = "binary", scale: str = "none"):
+                 padding: int | str = 0, bias: bool = True, precision: str = "binary", scale: str = "none",
+                 sign_rule: str = "zero_positive"):
         self.same_replicate = padding == "same_replicate"
         super().__init__(in_channels, out_channels, kernel_size, stride=stride,
                          padding=0 if self.same_replicate else padding, bias=bias)
@@ -51,16 +65,18 @@ class QuantConv2d(nn.Conv2d):
             raise ValueError(f"weight scale '{scale}' is not valid for {precision} weights. Valid for binary "
                              f"weights: {WEIGHT_SCALES}; other precisions: 'none'")
         self.scale = scale  # XNOR-Net's alpha = mean|W| per tensor or per output channel (see quantizers)
+        self.sign_rule = _check_sign_rule(sign_rule)  # of binary weights (see quantizers.SIGN_RULES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.same_replicate:
             x = replicate_pad(x, *_same_padding(x.shape[-2:], self.kernel_size, self.stride))
-        return self._conv_forward(x, quantize_weight(self.weight, self.precision, self.scale), self.bias)
+        weight = quantize_weight(self.weight, self.precision, self.scale, self.sign_rule)
+        return self._conv_forward(x, weight, self.bias)
 
     def extra_repr(self) -> str:
         pad = ", padding=same_replicate" if self.same_replicate else ""
         scale = f", scale={self.scale}" if self.scale != "none" else ""
-        return f"{super().extra_repr()}{pad}, precision={self.precision}{scale}"
+        return f"{super().extra_repr()}{pad}, precision={self.precision}{scale}{_rule_repr(self.sign_rule)}"
 
 
 def _same_padding(size, kernel, stride) -> tuple[int, int, int, int]:
@@ -82,21 +98,23 @@ def replicate_pad(x: torch.Tensor, left: int, right: int, top: int, bottom: int)
 
 
 class QuantAct(nn.Module):
-    """Activation quantizer: sign (precision "binary") or ternary, with the chosen STE."""
+    """Activation quantizer: sign (precision "binary", with `sign_rule`) or ternary, with the chosen STE."""
 
-    def __init__(self, precision: str = "binary", estimator: str = "bnn", beta: float = 10.0):
+    def __init__(self, precision: str = "binary", estimator: str = "bnn", beta: float = 10.0,
+                 sign_rule: str = "zero_positive"):
         super().__init__()
         if precision not in ("binary", "ternary"):
             raise ValueError(f"Unknown activation precision '{precision}'. Valid: ('binary', 'ternary')")
         self.precision, self.estimator, self.beta = precision, estimator, beta
+        self.sign_rule = _check_sign_rule(sign_rule)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.precision == "binary":
-            return binarize(x, self.estimator, self.beta)
+            return binarize(x, self.estimator, self.beta, self.sign_rule)
         return ternarize_ste(x, TERNARY_ACT_K, self.estimator, self.beta)
 
     def extra_repr(self) -> str:
-        return f"precision={self.precision}, estimator={self.estimator}"
+        return f"precision={self.precision}, estimator={self.estimator}{_rule_repr(self.sign_rule)}"
 
 
 def quantized_layers(model: nn.Module):

@@ -9,8 +9,15 @@ gradient by the derivative of a smooth surrogate. The surrogates, for |x| the in
     swish    SignSwish 2 s(bx)(1 + bx(1 - s(bx))) - 1 (Darabi et al. 2018, BNN+)
              d/dx = 2b s(1 - s)(2 + bx(1 - 2s)), with s = sigmoid(bx)
 
-sign(0) = +1 (as larq and the SGDAT code; the RWTH code maps 0 to -1 through round-half-even,
-which only matters for bit parity at exact zeros).
+Two sign rules (`model.sign_rule`), which differ only on [0, 2^-24] in fp32:
+
+    zero_positive    +1 where x >= 0, -1 elsewhere: sign(0) = +1 (larq, the SGDAT code)
+    round_half_even  round((clamp(x, -1, 1) + 1) / 2) * 2 - 1, the RWTH code's binarizer: torch.round
+                     rounds half to even and 1 + x rounds to 1 for x <= 2^-24, so every x in
+                     [0, 2^-24] (exact zeros included) gives -1
+
+Exact zeros are common in binary networks (integer conv outputs, a fresh BatchNorm maps them onto 0),
+so bit parity with the RWTH code needs its rule (see docs/rwth.md).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import functools
 import torch
 
 ESTIMATORS = ("vanilla", "bnn", "bireal", "swish")
+SIGN_RULES = ("zero_positive", "round_half_even")
 
 # Delta = k * mean|x| (Li et al. 2016, ternary weight networks); the RWTH code uses k = 0.7 for
 # weights ("twn") and k = 0.4 for activations ("tbn").
@@ -27,15 +35,26 @@ TERNARY_WEIGHT_K = 0.7
 TERNARY_ACT_K = 0.4
 
 
-def sign(x: torch.Tensor) -> torch.Tensor:
-    """+1 where x >= 0, -1 elsewhere: never 0.
+def sign(x: torch.Tensor, rule: str = "zero_positive") -> torch.Tensor:
+    """+-1, never 0; the rule (SIGN_RULES) decides what x = 0 gives.
 
-    copysign(1, x + 0.0): adding +0.0 turns -0.0 into +0.0, so both zeros give +1. It is several
-    times faster on the CPU than torch.where(x >= 0, 1, -1). Both kernels write into one new buffer,
-    empty_like(x): one allocation instead of two halves the time on the CPU, where a large new tensor
-    costs page faults, and keeps x's exact strides (channels_last stays channels_last)."""
+    zero_positive is copysign(1, x + 0.0): adding +0.0 turns -0.0 into +0.0, so both zeros give +1.
+    It is several times faster on the CPU than torch.where(x >= 0, 1, -1). Both kernels write into one
+    new buffer, empty_like(x): one allocation instead of two halves the time on the CPU, where a large
+    new tensor costs page faults, and keeps x's exact strides (channels_last stays channels_last)."""
+    if rule == "round_half_even":
+        return round_half_even_sign(x)
+    if rule != "zero_positive":
+        raise ValueError(f"Unknown sign rule '{rule}'. Valid: {SIGN_RULES}")
     out = torch.add(x, 0.0, out=torch.empty_like(x))
     return torch.copysign(_one(x.dtype, x.device), out, out=out)
+
+
+def round_half_even_sign(x: torch.Tensor) -> torch.Tensor:
+    """The RWTH code's binarizer, operation for operation: [-1, 1] -> [0, 1], round half to even, back
+    to +-1. Its band of -1 on [0, 2^-24] comes from fp32 rounding ((x + 1) / 2 is exactly 0.5 there), so
+    the rule is these operations, not a threshold that would approximate them."""
+    return ((x + 1) / 2).clamp(0, 1).round() * 2 - 1
 
 
 @functools.cache
@@ -101,9 +120,27 @@ class _StraightThrough(torch.autograd.Function):
         return grad * surrogate_grad(x, ctx.estimator, ctx.beta), None, None, None
 
 
-def binarize(x: torch.Tensor, estimator: str = "vanilla", beta: float = 10.0) -> torch.Tensor:
-    """sign(x) forward, surrogate gradient backward."""
-    return _StraightThrough.apply(x, sign, estimator, beta)
+def binarize(x: torch.Tensor, estimator: str = "vanilla", beta: float = 10.0,
+             rule: str = "zero_positive") -> torch.Tensor:
+    """sign(x) forward, surrogate gradient backward.
+
+    round_half_even binarizes the surrogate's value, as the RWTH code does (`x = ste_forward(x);
+    x.data = binarize(x.data)`), so the band where it gives -1 is the surrogate's: [0, 2^-24] for vanilla
+    and bnn (hardtanh is the identity there), [0, ~2^-25] for bireal (2x - x^2). Its SignSwish puts back
+    the pre-swish value where the swish rounds to exactly 0. The gradient is the surrogate's either way."""
+    if rule == "zero_positive":
+        return _StraightThrough.apply(x, sign, estimator, beta)
+    if rule != "round_half_even":
+        raise ValueError(f"Unknown sign rule '{rule}'. Valid: {SIGN_RULES}")
+    return _StraightThrough.apply(x, functools.partial(_round_surrogate, estimator=estimator, beta=beta),
+                                  estimator, beta)
+
+
+def _round_surrogate(x: torch.Tensor, estimator: str, beta: float) -> torch.Tensor:
+    value = surrogate(x, estimator, beta)
+    if estimator == "swish":
+        value = torch.where(value == 0, x, value)
+    return round_half_even_sign(value)
 
 
 def ternarize_ste(x: torch.Tensor, k: float, estimator: str = "vanilla", beta: float = 10.0) -> torch.Tensor:
@@ -126,22 +163,23 @@ def weight_scale(w: torch.Tensor, scale: str) -> torch.Tensor:
     raise ValueError(f"Unknown weight scale '{scale}'. Valid: {WEIGHT_SCALES}")
 
 
-def binarize_scaled(w: torch.Tensor, scale: str) -> torch.Tensor:
+def binarize_scaled(w: torch.Tensor, scale: str, rule: str = "zero_positive") -> torch.Tensor:
     """alpha * sign(W) forward, identity backward. alpha is computed inside the straight-through
     function, so no gradient flows through it (both AdamBNN and BinSFO detach it) and W receives the
     gradient of the scaled weight unchanged, not alpha times it, as in both codes."""
-    return _StraightThrough.apply(w, lambda t: weight_scale(t, scale) * sign(t), "vanilla", 10.0)
+    return _StraightThrough.apply(w, lambda t: weight_scale(t, scale) * sign(t, rule), "vanilla", 10.0)
 
 
-def quantize_weight(w: torch.Tensor, precision: str, scale: str = "none") -> torch.Tensor:
+def quantize_weight(w: torch.Tensor, precision: str, scale: str = "none", rule: str = "zero_positive") -> torch.Tensor:
     """Weights: identity STE onto the latent weight (no |w| <= 1 mask; the latent is clipped after the step).
-    `scale` multiplies binary weights by alpha = mean|W| (see binarize_scaled); "none" keeps them +-1."""
+    `scale` multiplies binary weights by alpha = mean|W| (see binarize_scaled); "none" keeps them +-1.
+    `rule`: the sign rule of binary weights (SIGN_RULES)."""
     if scale != "none":
         if precision != "binary":
             raise ValueError(f"a weight scale ('{scale}') applies to binary weights only, not '{precision}'")
-        return binarize_scaled(w, scale)
+        return binarize_scaled(w, scale, rule)
     if precision == "binary":
-        return binarize(w)
+        return binarize(w, rule=rule)
     if precision == "ternary":
         return ternarize_ste(w, TERNARY_WEIGHT_K)
     if precision == "fp":

@@ -68,12 +68,31 @@ def pretrained_row(name: str, metadata: dict[str, Any], result: dict[str, Any]) 
                              f"{metadata['epochs_trained']} of {metadata['published_epochs']} epochs", cfg["paper"])}
 
 
-def collect(runs_dir: Path, pretrained_dir: Path, pretrained_results: Path) -> pd.DataFrame:
+OFFICIAL_PROFILE = "published weights, evaluated here"
+
+
+def official_row(name: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The publisher's own weights through our loader, model code and evaluation (stage infer@official_<name>)."""
+    common = {"paper": result.get("paper"), "experiment": f"official/{name}", "dataset": result.get("dataset"),
+              "profile": OFFICIAL_PROFILE}
+    if result.get("status") == "not run":
+        return {**common, "status": f"not run: {result['reason']}"}
+    reported, top1 = result.get("reported_top1"), result["accuracy"]
+    return {**common, "model": result["model"], "method": result["method"], "reported_top1": reported,
+            "reproduced_top1": top1, "difference": round(top1 - reported, 2) if reported is not None else None,
+            "reproduced_top5": result.get("top5"), "device": result["device"],
+            "status": status(reported, top1, result["n"], paper=result.get("paper", ""))}
+
+
+def collect(runs_dir: Path, pretrained_dir: Path, pretrained_results: Path,
+            official_results: Path | None = None) -> pd.DataFrame:
     rows = []
     for result_file in sorted(pretrained_results.glob("*.json")):
         name = result_file.stem
         metadata = json.loads((pretrained_dir / name / "metadata.json").read_text())
         rows.append(pretrained_row(name, metadata, json.loads(result_file.read_text())))
+    for result_file in sorted(official_results.glob("*.json")) if official_results else []:
+        rows.append(official_row(result_file.stem, json.loads(result_file.read_text())))
     for metrics_file in sorted(runs_dir.glob("*/metrics.json")):
         rows.append(run_row(json.loads(metrics_file.read_text())))
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -35,7 +35,7 @@ class Results:
     runs: Path                  # reports/runs/<run>/metrics.json
     pretrained: Path            # pretrained/<name>/metadata.json
     pretrained_results: Path    # reports/pretrained/<name>.json (stage infer@<name>)
-    reports: Path               # reports/ (memory_training_state.csv, hd/...)
+    reports: Path               # reports/ (memory_training_state.csv, hd/..., official/<name>.json)
 
     def run(self, name: str) -> dict[str, Any] | None:
         path = self.runs / name / "metrics.json"
@@ -44,6 +44,17 @@ class Results:
     def runs_matching(self, pattern: str) -> list[dict[str, Any]]:
         return [json.loads(p.read_text()) for p in sorted(self.runs.glob("*/metrics.json"))
                 if fnmatch.fnmatchcase(p.parent.name, pattern)]
+
+
+def official_weights(name: str, results: Results) -> str:
+    """The publisher's own weights evaluated by our code (stage infer@official_<name>), or why not."""
+    path = results.reports / "official" / f"{name}.json"
+    if not path.is_file():
+        return "no result (run `dvc repro`)"
+    result = json.loads(path.read_text())
+    if result.get("status") == "not run":
+        return f"not run: {result['reason']}"
+    return f"{result['accuracy']:.2f} %"
 
 
 def noise_points(top1: float, n: int) -> float:
@@ -193,6 +204,7 @@ def evaluate(claims: list[dict[str, Any]], results: Results) -> pd.DataFrame:
     rows = []
     for claim in claims:
         result = {"budget": "", "source": "", "unit": "%", **KINDS[claim["kind"]](claim, results)}
+        result["published_weights"] = official_weights(claim["official"], results) if "official" in claim else ""
         if claim.get("note"):  # what the paper's number counts, where ours counts something else
             result["how_far"] = f"{result['how_far']}. {claim['note']}"
         rows.append({"id": claim["id"], "paper": claim["paper"], "claim": claim["claim"], **result,
@@ -221,6 +233,7 @@ def front_page(table: pd.DataFrame, papers: dict[str, dict], figure: str) -> str
     """reports/README.md: the claims table, the figure above it, and what each verdict means."""
     rows = [{"paper": f"[{row.paper}](../{papers[row.paper]['docs']})", "claim": row.claim,
              "paper's number": _number(row.published, row.unit), "ours": _number(row.ours, row.unit),
+             "published weights, evaluated here": row.published_weights,
              "verdict": row.verdict, "how far": row.how_far, "budget of ours": row.budget,
              "details": f"[{row.detail}]({row.detail})"} for row in table.itertuples()]
     counts = ", ".join(f"{int((table['verdict'] == v).sum())} {v}" for v in ORDER)
@@ -245,6 +258,10 @@ def front_page(table: pd.DataFrame, papers: dict[str, dict], figure: str) -> str
         f"- **{OURS}**: the paper gives no number for this setting; ours is shown for the record.",
         f"- **{SHORT}**: further from the paper than the above.",
         f"- **{NOT_RUN}**: this profile does not run it; the reason (and the GPU time it needs) is given.",
+        "",
+        "\"Published weights, evaluated here\": the weights the paper's authors published, fetched and verified "
+        "(stage `fetch@<name>`) and evaluated by our loader and model code (`infer@official_<name>`); when this "
+        "matches the paper's number, our model code computes what theirs did.",
         "",
         "Papers:",
         legend,
