@@ -138,7 +138,8 @@ def test_binsfo_configs_use_the_published_arithmetic():
     finetune = REPO / "config" / "binsfo"
     for model in ("adambnn", "bcdnet"):
         for recipe in ("binary", "real", "bop"):
-            cfg = load_experiment(finetune / f"finetune_{model}.yml", recipe=f"{finetune}/finetune_optimizers.yml:{recipe}")
+            cfg = load_experiment(finetune / f"finetune_{model}.yml",
+                                  recipe=f"{finetune}/finetune_optimizers.yml:{recipe}")
             assert cfg.data.order == "fixed" and cfg.optim.lr_batch_per_step and cfg.optim_fp.lr_batch_per_step
     for name in ("digits_binary", "digits_real", "mnist_large_fcn"):  # BWS: a DataLoader reshuffling every epoch
         cfg = load_experiment(REPO / "config" / "bws" / f"{name}.yml")
