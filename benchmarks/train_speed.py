@@ -19,7 +19,7 @@ from bnnrepro.config import load_experiment
 from bnnrepro.data.prepared import load_dataset
 from bnnrepro.engine.train import make_loaders, train_one_epoch
 from bnnrepro.models import build_model
-from bnnrepro.optim import build_optimizer
+from bnnrepro.optim import build_optimizers
 
 
 class _Stop(Exception):
@@ -42,7 +42,7 @@ def images_per_second(config: str, data, steps: int) -> float:
     cfg = load_experiment(config)
     torch.manual_seed(0)
     model = build_model(cfg.model, 1, 10, 28).to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg.optim, model)
+    optimizer = build_optimizers(cfg, model)
     loaders = make_loaders(cfg.data, data, 0, torch.device("cpu"))
     for warmup, n in ((True, 20), (False, steps)):
         tic = time.perf_counter()

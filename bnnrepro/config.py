@@ -91,6 +91,8 @@ class DataConfig:
     augment_val: bool = False         # RWTH validates on augmented images (docs/rwth.md#augmented-validation)
     resize: int = 0                   # resize every image to resize x resize first, bilinear (BinSFO: MNIST
                                       # at 64 x 64); 0: native size
+    order: str = "per_epoch"          # training order: per_epoch (a new shuffle every epoch) | fixed (one shuffle,
+                                      # reused every epoch: BinSFO's code never sets its sampler's epoch)
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,9 @@ class OptimConfig:
     lr_cosine_epochs: int = 0         # cosine annealing to 0 over this many epochs, stepped at each epoch start
                                       # as BinSFO's CosineAnnealingLR (0: off)
     lr_batch_reference: int = 0       # lr *= sqrt(batch_size / reference): BinSFO's rule with reference 96 (0: off)
+    lr_batch_per_step: bool = False   # with lr_batch_reference: the factor comes from each step's actual batch, so
+                                      # an epoch's short last batch gets a smaller one (BinSFO's code); false: from
+                                      # data.batch_size, once per epoch
 
 
 @dataclass(frozen=True)
@@ -269,11 +274,11 @@ def _build(cls, values: Any, where: str):
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
 
 # Keys added after runs had been checkpointed: left out of the digest while they hold their default.
-DIGEST_OMITS_DEFAULT = {"data": ("resize",),
+DIGEST_OMITS_DEFAULT = {"data": ("resize", "order"),
                         "model": ("padding", "bn_scale", "last_bn_shift", "depth", "hidden", "bn_affine", "bn_out",
                                   "xnor_scale", "pretrained", "sign_rule"),
                         "optim": ("lr_exp_decay", "grad_clip", "args", "reset_each_epoch", "lr_cosine_epochs",
-                                  "lr_batch_reference"),
+                                  "lr_batch_reference", "lr_batch_per_step"),
                         "train": ("latent_init", "pack_weights", "tie_break")}
 OPTIONAL_SECTIONS = {"optim_fp": OptimConfig}
 
@@ -392,7 +397,9 @@ def allowed_values() -> dict[str, tuple]:
     from bnnrepro.nn.quantizers import ESTIMATORS, SIGN_RULES, WEIGHT_SCALES
     from bnnrepro.optim import OPTIMIZERS, REGULARIZATIONS
 
-    return {"data.dataset": tuple(sorted(SOURCES)), "data.pad_mode": ("constant", "replicate"),
+    from bnnrepro.data.batches import ORDERS
+
+    return {"data.dataset": tuple(sorted(SOURCES)), "data.pad_mode": ("constant", "replicate"), "data.order": ORDERS,
             "model.arch": tuple(sorted(MODELS)), "model.weights": ("fp", "binary"),
             "model.activations": ("relu", "binary"), "model.estimator": ESTIMATORS, "model.sign_rule": SIGN_RULES,
             "model.layer_order": ("CBAP", "CPBA"), "model.padding": ("rwth", "same_zeros"),

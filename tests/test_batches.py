@@ -166,3 +166,38 @@ def test_bad_batch_size():
     images, labels = dataset()
     with pytest.raises(ValueError, match="batch_size"):
         BatchLoader(images, labels, 0, max_value=255)
+
+
+def test_fixed_order_repeats_the_samplers_permutation_every_epoch():
+    """data.order: fixed is the order of a DistributedSampler whose epoch is never set (BinSFO's code):
+    torch's own sampler on one process gives the same indices, in epoch 1 as in epoch 2."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    images, labels = dataset()
+    loader = BatchLoader(images, labels, 16, max_value=1, shuffle=True, order="fixed", seed=4)
+    loader.set_epoch(1)
+    first = ids(loader)
+    loader.set_epoch(2)
+    assert ids(loader) == first and sorted(first) == list(range(len(labels)))
+    sampler = DistributedSampler(range(len(labels)), num_replicas=1, rank=0, shuffle=True, seed=4)
+    assert first == list(sampler)
+    per_epoch = BatchLoader(images, labels, 16, max_value=1, shuffle=True, seed=4)
+    per_epoch.set_epoch(1)
+    one = ids(per_epoch)
+    per_epoch.set_epoch(2)
+    assert ids(per_epoch) != one  # the default still reshuffles
+    with pytest.raises(ValueError, match="order"):
+        BatchLoader(images, labels, 16, max_value=1, order="once")
+
+
+def test_fixed_order_keeps_drawing_new_augmentations():
+    images, labels = dataset(c=3, h=8, w=8)
+    loader = BatchLoader(images, labels, 16, max_value=1, shuffle=True, order="fixed", seed=4,
+                         augment=Augment(flip=True, crop_padding=2))
+    loader.set_epoch(1)
+    one = torch.cat([x for x, _ in loader])
+    loader.set_epoch(2)
+    two = torch.cat([x for x, _ in loader])
+    assert not torch.equal(one, two)
+    loader.set_epoch(1)
+    assert torch.equal(torch.cat([x for x, _ in loader]), one)

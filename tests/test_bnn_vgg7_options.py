@@ -20,7 +20,7 @@ from bnnrepro.data.sources import SOURCES
 from bnnrepro.engine.train import fit, train_one_epoch
 from bnnrepro.models import build_model
 from bnnrepro.models.common import ShiftOnlyBatchNorm1d, ShiftOnlyBatchNorm2d
-from bnnrepro.optim import build_optimizer, lr_at_epoch
+from bnnrepro.optim import build_optimizer, build_optimizers, lr_at_epoch
 from test_cifar_tiny import cifar10_archive
 from test_train import tiny_mnist
 
@@ -179,7 +179,7 @@ def _max_grad_seen(clip: float) -> float:
     cfg = load_experiment(RWTH / "binary_mnist.yml", {"optim.grad_clip": clip, "data.val_size": 100})
     torch.manual_seed(0)
     model = build_model(cfg.model, 1, 10, 28)
-    optimizer = build_optimizer(cfg.optim, model)
+    optimizer = build_optimizers(cfg, model)
     seen = []
     step = optimizer.step
     optimizer.step = lambda: (seen.append(max(p.grad.abs().max().item() for p in model.parameters()

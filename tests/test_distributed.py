@@ -30,6 +30,8 @@ WORKER = textwrap.dedent("""
     overrides = {"train.epochs": 2, "model.hidden": 64, "data.batch_size": 64}
     if optimizer == "sgd":
         overrides.update({"optim.name": "sgd", "optim.lr": 0.01, "optim.args": {}, "train.pack_weights": False})
+    if optimizer == "flip_published":  # BinSFO's order and per-step batch factor: 1296 images = 20 x 64 + 16
+        overrides.update({"data.order": "fixed", "optim.lr_batch_reference": 96, "optim.lr_batch_per_step": True})
     cfg = load_experiment(root / "config" / "bws" / "digits_binary.yml", overrides, profile="quick")
     result = fit(cfg, load_dataset(out / "digits"), device, out / f"ckpt{ranks.rank}.pt", progress=False, ranks=ranks)
     torch.save(result.model.state_dict(), out / f"rank{ranks.rank}.pt")
@@ -54,5 +56,11 @@ def test_two_ranks_hold_identical_weights_flip(tmp_path):
 
 def test_two_ranks_hold_identical_weights_latent_sgd(tmp_path):
     rank0, rank1 = run_two_ranks(tmp_path, "sgd")
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+
+
+def test_two_ranks_hold_identical_weights_with_published_order_and_batch_factor(tmp_path):
+    rank0, rank1 = run_two_ranks(tmp_path, "flip_published")
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name

@@ -3,6 +3,11 @@
 This replaces a torchvision DataLoader with per-sample PIL transforms: one index gather, one
 float conversion and a few tensor ops per batch. Shuffling and augmentation draw from a generator
 seeded by (seed, epoch), so epoch k looks the same whether or not the run was resumed before it.
+
+Two training orders: `per_epoch` shuffles anew every epoch; `fixed` draws one permutation from a
+generator seeded with the seed alone and reuses it every epoch. `fixed` is the order of BinSFO's code,
+whose DistributedSampler never has its epoch set: on one process it is exactly that sampler's
+permutation, torch.randperm(n) under manual_seed(seed).
 """
 
 from __future__ import annotations
@@ -27,8 +32,16 @@ class Augment:
         return self.flip or self.crop_padding > 0
 
 
+ORDERS = ("per_epoch", "fixed")
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def fixed_permutation(n: int, seed: int) -> torch.Tensor:
+    """The permutation torch's DistributedSampler(shuffle=True, seed=seed) draws at epoch 0 on one process."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
 def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -54,11 +67,14 @@ class BatchLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, max_value: int,
                  mean: tuple[float, ...] = (0.0,), std: tuple[float, ...] = (1.0,), augment: Augment = Augment(),
-                 shuffle: bool = False, seed: int = 0, device: str | torch.device = "cpu"):
+                 shuffle: bool = False, order: str = "per_epoch", seed: int = 0,
+                 device: str | torch.device = "cpu"):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
         self.images, self.labels = images.to(device), labels.to(device)
-        self.batch_size, self.shuffle, self.seed, self.augment = batch_size, shuffle, seed, augment
+        self.batch_size, self.shuffle, self.order, self.seed, self.augment = batch_size, shuffle, order, seed, augment
         self.max_value = max_value
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -71,9 +87,12 @@ class BatchLoader:
         return math.ceil(len(self.labels) / self.batch_size)
 
     def __iter__(self):
-        gen = epoch_generator(self.seed, self.epoch)
+        gen = epoch_generator(self.seed, self.epoch)  # augmentation (and the per-epoch shuffle)
         n = len(self.labels)
-        order = torch.randperm(n, generator=gen).to(self.images.device) if self.shuffle else None
+        order = None
+        if self.shuffle:
+            perm = fixed_permutation(n, self.seed) if self.order == "fixed" else torch.randperm(n, generator=gen)
+            order = perm.to(self.images.device)
         for start in range(0, n, self.batch_size):
             idx = slice(start, start + self.batch_size) if order is None else order[start:start + self.batch_size]
             yield self._transform(self.images[idx], gen), self.labels[idx]

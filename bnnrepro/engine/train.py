@@ -66,7 +66,7 @@ def make_loaders(cfg: DataConfig, dataset: Dataset, seed: int, device: torch.dev
     augment = Augment(cfg.flip, cfg.crop_padding, cfg.pad_mode)
     common = dict(max_value=dataset.max_value, mean=tuple(cfg.mean), std=tuple(cfg.std), device=device)
     train = BatchLoader(dataset.train_images[:cut], dataset.train_labels[:cut], cfg.batch_size, augment=augment,
-                        shuffle=True, seed=seed, **common)
+                        shuffle=True, order=cfg.order, seed=seed, **common)
     test = BatchLoader(dataset.test_images, dataset.test_labels, cfg.eval_batch_size, **common)
     if cfg.val_size == 0:
         return Loaders(train, test, test)
@@ -166,6 +166,7 @@ def _train_steps(model, loader, optimizer, cfg, epoch, bar, flips, packed, ranks
     correct = torch.zeros((), dtype=torch.long, device=loader.images.device)
     seen = 0
     for step, batch in enumerate(loader, start=1):
+        optimizer.start_step(len(batch[1]))
         x, y = ranks.shard(*batch)
         with packed.unpacked() if packed else contextlib.nullcontext():
             logits, loss = _train_step(model, x, y, optimizer, cfg, epoch, step, loss_fn, use_bin_reg, flips)

@@ -93,6 +93,8 @@ def check_optimizer_args(cfg: OptimConfig) -> None:
         raise ValueError(f"lr_exp_decay must be in (0, 1], got {cfg.lr_exp_decay}")
     if cfg.grad_clip < 0:
         raise ValueError(f"grad_clip must be >= 0 (0: no clipping), got {cfg.grad_clip}")
+    if cfg.lr_batch_per_step and not cfg.lr_batch_reference:
+        raise ValueError("lr_batch_per_step scales lr by sqrt(batch / lr_batch_reference): set lr_batch_reference too")
 
 
 def build_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
@@ -110,7 +112,8 @@ def lr_at_epoch(cfg: OptimConfig, epoch: int, batch_size: int | None = None) -> 
       - exponential (BinaryNet, Anderson & Berg): lr_exp_decay ** (epoch - 1);
       - cosine (BinSFO's Adam): (1 + cos(pi * epoch / T)) / 2, torch's CosineAnnealingLR stepped once at
         the start of every epoch, so the first epoch already uses step 1;
-      - batch scaling (BinSFO): sqrt(batch_size / reference).
+      - batch scaling (BinSFO): sqrt(batch_size / reference), batch_size being the configured one or,
+        with lr_batch_per_step, the step's own (TrainingOptimizers.start_step).
     With every factor at its default the lr is constant."""
     lr = cfg.lr * math.prod(d for m, d in zip(cfg.lr_milestones, cfg.lr_decay) if epoch >= m)
     lr *= cfg.lr_exp_decay ** (epoch - 1)
@@ -148,6 +151,9 @@ class TrainingOptimizers:
 
     def __init__(self, regimes: list[Regime], batch_size: int):
         self.regimes, self.batch_size = regimes, batch_size
+        self.epoch = 1
+        # regimes whose lr follows each step's batch size (lr_batch_per_step); the others keep the epoch's lr
+        self.per_step = [r for r in regimes if r.config.lr_batch_per_step]
 
     def zero_grad(self) -> None:
         for r in self.regimes:
@@ -159,6 +165,7 @@ class TrainingOptimizers:
 
     def start_epoch(self, epoch: int) -> dict[str, float]:
         """Set each regime's lr for `epoch` and reset state where the config asks; returns the lrs."""
+        self.epoch = epoch
         lrs = {}
         for r in self.regimes:
             lr = lr_at_epoch(r.config, epoch, self.batch_size)
@@ -167,6 +174,13 @@ class TrainingOptimizers:
                 reset_epoch_state(r.optimizer)
             lrs["lr" if r.name != "fp" else "lr_fp"] = lr
         return lrs
+
+    def start_step(self, batch_size: int) -> None:
+        """Before each step: the regimes with lr_batch_per_step take the lr of this batch's size (the
+        global batch, before any DDP split), as BinSFO's code recomputes sqrt(B / 96) every step. The
+        lrs logged per epoch stay those of a full batch."""
+        for r in self.per_step:
+            set_lr(r.optimizer, lr_at_epoch(r.config, self.epoch, batch_size))
 
     def state_dict(self) -> dict:
         if len(self.regimes) == 1:  # the layout of a plain torch optimizer, as checkpoints always had
