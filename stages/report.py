@@ -31,9 +31,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     papers, claim_list = claims.load_claims(args.claims)
-    front = claims.evaluate(claim_list, claims.Results(args.runs, args.pretrained, args.pretrained_results, args.out))
+    results = claims.Results(args.runs, args.pretrained, args.pretrained_results, args.out)
+    front = claims.evaluate(claim_list, results)
     plot_claims(front, args.out / "plots" / "claims.png")
-    write_text(args.out / "README.md", claims.front_page(front, papers, "plots/claims.png"))
+    write_text(args.out / "README.md", claims.front_page(front, papers, "plots/claims.png", claims.fetch_statuses(results)))
     write_json(args.out / "summary.json", claims.summary(front))
 
     table = collect(args.runs, args.pretrained, args.pretrained_results, args.official_results)

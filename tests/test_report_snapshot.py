@@ -74,6 +74,8 @@ def results(tmp_path) -> claims.Results:
            "budget": "500 epochs (the published recipe: 500); CPU, 2 thread(s); seed 2"})
     write(tmp_path / "reports" / "pretrained" / "lenet.json", {"accuracy": 99.12, "n": 10000, "dataset": "mnist"})
     write(tmp_path / "reports" / "official" / "rwth_lenet.json", {"status": "not run", "reason": "not fetched: offline"})
+    write(tmp_path / "reports" / "official" / "fetch" / "adambnn.json",
+          {"name": "adambnn", "status": "not fetched", "reason": "no source has AdamBNN.pth.tar; put it in data/pretrained/"})
     write(tmp_path / "reports" / "memory_training_state.csv",
           "model,method,measured_state_kib,peak_step_kib,peak_step_batch\n"
           "fcn,latent SGD,525.0,1000.0,16384\nfcn,flip,16.5,990.0,16384\n")
@@ -96,7 +98,7 @@ def test_front_page_matches_its_snapshot(results, tmp_path):
     table = claims.evaluate(claim_list, results)
     assert list(table["verdict"]) == ["reproduced", "reproduced", "within seed noise", "ours", "short",
                                       "not run here"]  # reproduced rows first
-    check_snapshot("front_page.md", claims.front_page(table, papers, "plots/claims.png"))
+    check_snapshot("front_page.md", claims.front_page(table, papers, "plots/claims.png", claims.fetch_statuses(results)))
     assert claims.summary(table)["claims"]["grid"] is None
 
 

@@ -229,8 +229,19 @@ def _number(value: Any, unit: str) -> str:
             "points": f"{value:+.2f} points", "r": text}.get(unit, f"{text} {unit}".strip())
 
 
-def front_page(table: pd.DataFrame, papers: dict[str, dict], figure: str) -> str:
-    """reports/README.md: the claims table, the figure above it, and what each verdict means."""
+def fetch_statuses(results: Results) -> list[str]:
+    """One line per published checkpoint (stage fetch@<name>): fetched, or why not and where to put it."""
+    lines = []
+    for path in sorted((results.reports / "official" / "fetch").glob("*.json")):
+        status = json.loads(path.read_text())
+        detail = f": {status['reason']}" if status.get("reason") else ""
+        lines.append(f"- `{status.get('name', path.stem)}`: {status['status']}{detail}")
+    return lines
+
+
+def front_page(table: pd.DataFrame, papers: dict[str, dict], figure: str, fetched: list[str] = ()) -> str:
+    """reports/README.md: the claims table, the figure above it, what each verdict means, and the status of
+    every published checkpoint."""
     rows = [{"paper": f"[{row.paper}](../{papers[row.paper]['docs']})", "claim": row.claim,
              "paper's number": _number(row.published, row.unit), "ours": _number(row.ours, row.unit),
              "published weights, evaluated here": row.published_weights,
@@ -265,4 +276,8 @@ def front_page(table: pd.DataFrame, papers: dict[str, dict], figure: str) -> str
         "",
         "Papers:",
         legend,
+        "",
+        "## Published weights (stages `fetch@<name>`)",
+        "",
+        *(fetched or ["- no fetch stage has run"]),
         ""])
