@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from bnnrepro.config import PROFILES
-from bnnrepro.data.prepared import DATA_FILE, SKIP_FILE, prepare_dataset
+from bnnrepro.data import DATA_FILE, SKIP_FILE
 from bnnrepro.errors import run_cli
 from bnnrepro.io import write_json
 
@@ -38,6 +38,8 @@ def main(argv=None) -> int:
         write_json(args.out / SKIP_FILE, {"reason": "not prepared in the quick profile (run the paper profile)"})
         print(f"{args.name}: skipped in profile {args.profile}")
         return 0
+    from bnnrepro.data.prepared import prepare_dataset  # torch: only a dataset that is prepared pays for it
+
     path = prepare_dataset(args.name, args.out, args.raw)
     print(f"{args.name}: prepared {path}")
     return 0

@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
+from bnnrepro.data import DATA_FILE, SKIP_FILE  # noqa: F401  (re-exported)
 from bnnrepro.data.download import fetch, mirror_from_env
 from bnnrepro.data.sources import get_source
 from bnnrepro.errors import BadFileError, MissingFileError
@@ -54,9 +55,7 @@ def resized(dataset: Dataset, size: int) -> Dataset:
     return dataclasses.replace(dataset, train_images=scale(dataset.train_images), test_images=scale(dataset.test_images))
 
 
-DATA_FILE = "data.safetensors"
 META_KEY = "bnnrepro"
-SKIP_FILE = "skipped.json"
 
 
 def prepare_dataset(name: str, out_dir: str | os.PathLike, raw_dir: str | os.PathLike,

@@ -52,8 +52,8 @@ def official_weights(name: str, results: Results) -> str:
     if not path.is_file():
         return "no result (run `dvc repro`)"
     result = json.loads(path.read_text())
-    if result.get("status") == "not run":
-        return f"not run: {result['reason']}"
+    if result.get("status") == "not run":  # where to put a file not fetched is listed below the table
+        return "not fetched (see below)" if result["reason"].startswith("not fetched") else f"not run: {result['reason']}"
     return f"{result['accuracy']:.2f} %"
 
 
