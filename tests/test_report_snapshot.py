@@ -74,6 +74,8 @@ def results(tmp_path) -> claims.Results:
            "budget": "500 epochs (the published recipe: 500); CPU, 2 thread(s); seed 2"})
     write(tmp_path / "reports" / "pretrained" / "lenet.json", {"accuracy": 99.12, "n": 10000, "dataset": "mnist"})
     write(tmp_path / "reports" / "official" / "rwth_lenet.json", {"status": "not run", "reason": "not fetched: offline"})
+    write(tmp_path / "reports" / "official" / "rwth_vgg.json",
+          {"status": "not run", "reason": "cifar10 not prepared in the quick profile", "paper": "rwth"})
     write(tmp_path / "reports" / "official" / "fetch" / "adambnn.json",
           {"name": "adambnn", "status": "not fetched", "reason": "no source has AdamBNN.pth.tar; put it in data/pretrained/"})
     write(tmp_path / "reports" / "memory_training_state.csv",
@@ -103,8 +105,9 @@ def test_front_page_matches_its_snapshot(results, tmp_path):
 
 
 def test_accuracy_table_matches_its_snapshot(results):
-    table = collect(results.runs, results.pretrained, results.pretrained_results)
+    table = collect(results.runs, results.pretrained, results.pretrained_results, results.reports / "official")
     text = to_markdown(table)
+    assert "official/rwth_lenet" in text and "official/rwth_vgg" in text  # not-run rows without a paper stay
     assert "2,020" not in text and "| 2020 " in text or "seed = 2020" in text  # plain numbers
     check_snapshot("accuracy.md", text)
 

@@ -102,7 +102,7 @@ def fold_not_run(table: pd.DataFrame) -> pd.DataFrame:
     """Runs not run for the same reason in the same paper become one row: "sgdat_* (20 runs)"."""
     skipped = table["status"].fillna("").str.startswith("not run")
     folded = []
-    for (paper, reason), group in table[skipped].groupby(["paper", "status"], sort=False):
+    for (paper, reason), group in table[skipped].groupby(["paper", "status"], sort=False, dropna=False):
         names = list(group["experiment"])
         prefix = os.path.commonprefix(names)
         folded.append({"paper": paper, "status": reason,
