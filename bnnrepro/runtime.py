@@ -90,8 +90,8 @@ def device_description(device: torch.device) -> str:
     return f"cpu ({device_name(device)}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, {platform.machine()})"
 
 
-# dvc repro rewrites dvc.lock while the pipeline runs: that alone must not make the code "dirty"
-NOT_CODE = ("dvc.lock",)
+# dvc repro rewrites the lock files while the pipeline runs: that alone must not make the code "dirty"
+NOT_CODE = ("dvc.lock", "grids/*/dvc.lock")
 
 
 def git_commit() -> str:

@@ -340,6 +340,8 @@ def git(*args: str, cwd: Path) -> None:
 def test_only_code_changes_make_the_tree_dirty(tmp_path, monkeypatch):
     git("init", "-q", cwd=tmp_path)
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    (tmp_path / "grids" / "g").mkdir(parents=True)
+    (tmp_path / "grids" / "g" / "dvc.lock").write_text("schema: '2.0'\n")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "code.py").write_text("x = 1\n")
     git("add", ".", cwd=tmp_path)
@@ -348,6 +350,7 @@ def test_only_code_changes_make_the_tree_dirty(tmp_path, monkeypatch):
     clean = git_commit()
     assert len(clean) >= 7 and not clean.endswith("-dirty")
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # what dvc repro does mid-run
+    (tmp_path / "grids" / "g" / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # a grid's lock too
     (tmp_path / "sub" / "untracked.txt").write_text("x")
     assert git_commit() == clean
     (tmp_path / "sub" / "code.py").write_text("x = 2\n")
