@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from bnnrepro import PROFILES  # noqa: F401  (re-exported)
 from bnnrepro.errors import InputError, one_line
 
 
@@ -72,9 +73,8 @@ class ModelConfig:
         return f"binary, STE {self.estimator}{order}{ternary if has_ternary else ''}"
 
 
-# The budgets an experiment can run under (params.yaml `profile`); a config's `profiles:` keys and
-# every --profile must be one of them. No profile section: the config's own values (the paper budget).
-PROFILES = ("quick", "paper")
+# The budgets an experiment can run under (PROFILES, params.yaml `profile`); a config's `profiles:` keys
+# and every --profile must be one of them. No profile section: the config's own values (the paper budget).
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from bnnrepro.config import PROFILES
+from bnnrepro import PROFILES
 from bnnrepro.data import DATA_FILE, SKIP_FILE
 from bnnrepro.errors import run_cli
 from bnnrepro.io import write_json
