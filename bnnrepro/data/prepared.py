@@ -18,7 +18,6 @@ from safetensors.torch import load_file, save
 
 from bnnrepro.data import DATA_FILE, SKIP_FILE  # noqa: F401  (re-exported)
 from bnnrepro.data.download import fetch, mirror_from_env
-from bnnrepro.data.sources import get_source
 from bnnrepro.errors import BadFileError, MissingFileError
 from bnnrepro.io import atomic_write, file_digest
 
@@ -61,6 +60,8 @@ META_KEY = "bnnrepro"
 def prepare_dataset(name: str, out_dir: str | os.PathLike, raw_dir: str | os.PathLike,
                     mirror: str | None = None) -> Path:
     """Fetch (verified) and parse the raw files of `name`, then write `out_dir/data.safetensors` atomically."""
+    from bnnrepro.data.sources import get_source  # the parsers import torchvision: only preparing pays for it
+
     source = get_source(name)
     raw_dir = Path(raw_dir)
     mirror = mirror if mirror is not None else mirror_from_env()
@@ -73,6 +74,8 @@ def prepare_dataset(name: str, out_dir: str | os.PathLike, raw_dir: str | os.Pat
 def write_prepared(name: str, tensors: dict[str, torch.Tensor], out_dir: str | os.PathLike,
                    raw_md5: dict[str, str] | None = None) -> Path:
     """Write parsed split tensors as `out_dir/data.safetensors` (atomically)."""
+    from bnnrepro.data.sources import get_source
+
     source = get_source(name)
     _check_tensors(name, tensors)
     info = {"name": name, "num_classes": source.num_classes, "max_value": source.max_value, "raw_md5": raw_md5 or {}}
