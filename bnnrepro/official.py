@@ -29,7 +29,7 @@ from typing import IO, Any, Callable, Sequence
 import torch
 import yaml
 
-from bnnrepro.config import ConfigError, read_yaml_mapping
+from bnnrepro.plain_yaml import ConfigError, read_yaml_mapping
 from bnnrepro.data.download import CHECKSUM_NAMES, DownloadError, Resource, fetch
 from bnnrepro.io import file_digest, write_json, write_text
 
