@@ -134,6 +134,8 @@ class TrainConfig:
                                       # the SGDAT code (docs/sgdat.md#zero-latent-init)
     tie_break: str = "topk"           # how accuracy ranks exactly tied logits: topk (torch.topk's order) |
                                       # first_max (lowest class index first: torch.max(1), the RWTH code's)
+    max_steps: int = 0                # stop every epoch after this many training steps (0: the whole epoch): short
+                                      # checks of a recipe's speed and determinism (python -m bnnrepro.gpu_check)
 
 
 @dataclass(frozen=True)
@@ -222,7 +224,7 @@ DIGEST_OMITS_DEFAULT = {"data": ("resize", "order"),
                                   "xnor_scale", "pretrained", "sign_rule"),
                         "optim": ("lr_exp_decay", "grad_clip", "args", "reset_each_epoch", "lr_cosine_epochs",
                                   "lr_batch_reference", "lr_batch_per_step"),
-                        "train": ("latent_init", "pack_weights", "tie_break")}
+                        "train": ("latent_init", "pack_weights", "tie_break", "max_steps")}
 OPTIONAL_SECTIONS = {"optim_fp": OptimConfig}
 
 
@@ -332,7 +334,7 @@ def allowed_values() -> dict[str, tuple]:
 
 POSITIVE = ("data.batch_size", "data.eval_batch_size", "optim.lr", "train.epochs", "model.width")
 NON_NEGATIVE = ("data.val_size", "data.crop_padding", "data.resize", "optim.momentum", "optim.weight_decay", "train.clip_latent",
-                "optim.lr_cosine_epochs", "optim.lr_batch_reference")
+                "optim.lr_cosine_epochs", "optim.lr_batch_reference", "train.max_steps")
 
 
 def _check_values(sections: dict[str, Any], path: Path | str) -> None:

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 import bnnrepro.engine.train as train_mod
-from bnnrepro.config import OptimConfig, load_experiment
+from bnnrepro.config import ConfigError, OptimConfig, load_experiment
 from bnnrepro.data.prepared import Dataset
 from bnnrepro.engine.checkpoint import SCHEMA_VERSION, load_checkpoint, save_checkpoint
 from bnnrepro.engine.losses import bin_regularizer, squared_hinge
@@ -376,3 +376,15 @@ def test_bin_regularizer_gradient_pushes_towards_pm1():
     for layer in quantized_layers(model):
         torch.testing.assert_close(layer.weight.grad, -2 * layer.weight.detach())
     assert model.bn1.weight.grad is None
+
+
+def test_max_steps_shortens_every_epoch(dataset, tmp_path, monkeypatch):
+    steps = []
+    real = train_mod._train_step
+    monkeypatch.setattr(train_mod, "_train_step", lambda *a, **k: steps.append(1) or real(*a, **k))
+    result = fit(config(**{"train.max_steps": 2}), dataset, CPU, tmp_path / "ckpt.pt", progress=False)
+    assert len(steps) == 2 * 2 and [row["epoch"] for row in result.history] == [1, 2]  # 2 of 4 steps, 2 epochs
+    # off by default, and then out of the digest: checkpoints written before the key existed still resume
+    assert config(**{"train.max_steps": 0}).digest() == config().digest() != config(**{"train.max_steps": 2}).digest()
+    with pytest.raises(ConfigError, match="train.max_steps must be >= 0"):
+        config(**{"train.max_steps": -1})

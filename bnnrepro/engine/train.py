@@ -174,6 +174,8 @@ def _train_steps(model, loader, optimizer, cfg, epoch, bar, flips, packed, ranks
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
         bar.update(1)
+        if step == cfg.train.max_steps:  # train.max_steps: a shortened epoch (0 never equals a step)
+            break
     return {"train_loss": loss_sum.item() / seen, "train_top1": 100.0 * correct.item() / seen}
 
 
@@ -246,7 +248,8 @@ def fit(cfg: ExperimentConfig, dataset: Dataset, device: torch.device, checkpoin
         log.info("resuming %s from the checkpoint after epoch %d", cfg.name, state["epoch"])
     net = wrap(model, ranks, device)
 
-    steps = len(loaders.train)
+    steps = min(len(loaders.train), cfg.train.max_steps or len(loaders.train))
+    images_per_epoch = min(len(loaders.train.labels), steps * cfg.data.batch_size)
     bar = tqdm(total=cfg.train.epochs * steps, initial=(start_epoch - 1) * steps, unit="step",
                desc=cfg.name, disable=not progress or not ranks.is_main, mininterval=2.0, dynamic_ncols=True)
     for epoch in range(start_epoch, cfg.train.epochs + 1):
@@ -260,7 +263,7 @@ def fit(cfg: ExperimentConfig, dataset: Dataset, device: torch.device, checkpoin
         val = evaluate(model, loaders.val, cfg.train.tie_break)
         train_seconds += seconds
         row = {"epoch": epoch, **lrs, **row, "val_top1": val["top1"], "val_top5": val["top5"],
-               "epoch_seconds": round(seconds, 3), "train_images_per_s": round(len(loaders.train.labels) / seconds, 1)}
+               "epoch_seconds": round(seconds, 3), "train_images_per_s": round(images_per_epoch / seconds, 1)}
         history.append(row)
         if val["top1"] > best["val_top1"]:  # strict: the earliest epoch wins ties, as in the RWTH code
             best = {"epoch": epoch, "val_top1": val["top1"], "model": copy.deepcopy(model.state_dict())}
