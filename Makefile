@@ -7,10 +7,13 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: repro test
 
-$(STAMP): pyproject.toml
+# Every package comes at the version pinned in requirements.lock (README: how to update it). The lock holds
+# setuptools too, so the editable install builds with the locked backend (--no-build-isolation) instead of
+# fetching the newest one, and bnnrepro's own dependencies are all in it already (--no-deps).
+$(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 repro: $(STAMP)

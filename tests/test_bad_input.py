@@ -4,8 +4,6 @@ nothing written; and the eight cases that did not hold before, each reproduced h
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import io
 import json
 import os
@@ -19,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import save as save_safetensors
 
+from bnnrepro.cli import entry_point
 from bnnrepro.config import ConfigError, load_experiment, load_recipe, parse_override, skip_reason
 from bnnrepro.errors import EXIT_BAD_INPUT, BadFileError, MissingFileError, run_cli
 from bnnrepro.export import load_model, save_model
@@ -34,16 +33,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """The command in a fresh process: the entry point as a user starts it."""
     return subprocess.run([sys.executable, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
-
-
-def entry_point(name: str):
-    """main() of `stages/<name>.py` or of the module `name`."""
-    if name.startswith("stages/"):
-        spec = importlib.util.spec_from_file_location(Path(name).stem, REPO / name)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.main
-    return importlib.import_module(name).main
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
