@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from bnnrepro.data import DATA_FILE, SKIP_FILE  # noqa: F401  (re-exported)
-from bnnrepro.data.download import fetch, mirror_from_env
+from bnnrepro.config import ConfigError
+from bnnrepro.data.download import Resource, fetch, mirror_from_env
 from bnnrepro.data.sources import get_source
 from bnnrepro.errors import BadFileError, MissingFileError
 from bnnrepro.io import atomic_write, file_digest
@@ -58,24 +60,45 @@ def resized(dataset: Dataset, size: int) -> Dataset:
 META_KEY = "bnnrepro"
 
 
+OFFICIAL_MD5 = "official"  # `md5_source` of a dataset verified against its publisher's checksums
+
+
 def prepare_dataset(name: str, out_dir: str | os.PathLike, raw_dir: str | os.PathLike,
-                    mirror: str | None = None) -> Path:
-    """Fetch (verified) and parse the raw files of `name`, then write `out_dir/data.safetensors` atomically."""
+                    mirror: str | None = None, md5: dict[str, str] | None = None, md5_source: str = "") -> Path:
+    """Fetch (verified) and parse the raw files of `name`, then write `out_dir/data.safetensors` atomically.
+
+    `md5` (file name -> MD5) declares other checksums for some raw files than the official ones: stand-in
+    files in the official format (the pipeline's dry run) are verified against those. `md5_source` names
+    where they were declared; it is recorded in the prepared file beside every MD5 that was checked."""
     source = get_source(name)
     raw_dir = Path(raw_dir)
     mirror = mirror if mirror is not None else mirror_from_env()
-    for resource in source.resources:
+    resources = with_md5(source.resources, md5 or {}, md5_source or "md5")
+    for resource in resources:
         fetch(resource, name, raw_dir, mirror)
-    checksums = {r.filename: r.md5 for r in source.resources}
-    return write_prepared(name, source.parse(raw_dir), out_dir, checksums)
+    checksums = {r.filename: r.md5 for r in resources}
+    return write_prepared(name, source.parse(raw_dir), out_dir, checksums, md5_source if md5 else OFFICIAL_MD5)
+
+
+def with_md5(resources: tuple[Resource, ...], md5: dict[str, str], where: str) -> tuple[Resource, ...]:
+    """`resources` with the MD5s that `md5` declares in place of the official ones; every name in `md5`
+    must be one of the files and every value an MD5 (32 hex digits), so a typo cannot go unnoticed."""
+    names = [r.filename for r in resources]
+    for filename, value in md5.items():
+        if filename not in names:
+            raise ConfigError(f"{where}: '{filename}' is not a raw file of this dataset - use one of {names}")
+        if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{32}", value):
+            raise ConfigError(f"{where}.{filename}: {value!r} is not an MD5 - give 32 lowercase hex digits")
+    return tuple(dataclasses.replace(r, md5=md5.get(r.filename, r.md5)) for r in resources)
 
 
 def write_prepared(name: str, tensors: dict[str, torch.Tensor], out_dir: str | os.PathLike,
-                   raw_md5: dict[str, str] | None = None) -> Path:
+                   raw_md5: dict[str, str] | None = None, md5_source: str = OFFICIAL_MD5) -> Path:
     """Write parsed split tensors as `out_dir/data.safetensors` (atomically)."""
     source = get_source(name)
     _check_tensors(name, tensors)
-    info = {"name": name, "num_classes": source.num_classes, "max_value": source.max_value, "raw_md5": raw_md5 or {}}
+    info = {"name": name, "num_classes": source.num_classes, "max_value": source.max_value, "raw_md5": raw_md5 or {},
+            "md5_source": md5_source}
     # one metadata key holding sorted JSON: safetensors writes several keys in a random order,
     # which would change the file's bytes (and DVC's hash) from run to run
     blob = save({k: tensors[k].contiguous() for k in SPLIT_KEYS}, metadata={META_KEY: json.dumps(info, sort_keys=True)})
