@@ -60,24 +60,22 @@ def resized(dataset: Dataset, size: int) -> Dataset:
 META_KEY = "bnnrepro"
 
 
-OFFICIAL_MD5 = "official"  # `md5_source` of a dataset verified against its publisher's checksums
-
-
 def prepare_dataset(name: str, out_dir: str | os.PathLike, raw_dir: str | os.PathLike,
-                    mirror: str | None = None, md5: dict[str, str] | None = None, md5_source: str = "") -> Path:
+                    mirror: str | None = None, md5: dict[str, str] | None = None, md5_source: str = "md5") -> Path:
     """Fetch (verified) and parse the raw files of `name`, then write `out_dir/data.safetensors` atomically.
 
     `md5` (file name -> MD5) declares other checksums for some raw files than the official ones: stand-in
     files in the official format (the pipeline's dry run) are verified against those. `md5_source` names
-    where they were declared; it is recorded in the prepared file beside every MD5 that was checked."""
+    where they were declared (e.g. "params.yaml: datasets.mnist.md5"); the prepared file records it beside every
+    MD5 that was checked."""
     source = get_source(name)
     raw_dir = Path(raw_dir)
     mirror = mirror if mirror is not None else mirror_from_env()
-    resources = with_md5(source.resources, md5 or {}, md5_source or "md5")
+    resources = with_md5(source.resources, md5 or {}, md5_source)
     for resource in resources:
         fetch(resource, name, raw_dir, mirror)
     checksums = {r.filename: r.md5 for r in resources}
-    return write_prepared(name, source.parse(raw_dir), out_dir, checksums, md5_source if md5 else OFFICIAL_MD5)
+    return write_prepared(name, source.parse(raw_dir), out_dir, checksums, md5_source if md5 else None)
 
 
 def with_md5(resources: tuple[Resource, ...], md5: dict[str, str], where: str) -> tuple[Resource, ...]:
@@ -93,12 +91,15 @@ def with_md5(resources: tuple[Resource, ...], md5: dict[str, str], where: str) -
 
 
 def write_prepared(name: str, tensors: dict[str, torch.Tensor], out_dir: str | os.PathLike,
-                   raw_md5: dict[str, str] | None = None, md5_source: str = OFFICIAL_MD5) -> Path:
-    """Write parsed split tensors as `out_dir/data.safetensors` (atomically)."""
+                   raw_md5: dict[str, str] | None = None, md5_source: str | None = None) -> Path:
+    """Write parsed split tensors as `out_dir/data.safetensors` (atomically). `md5_source`: where the MD5s
+    of stand-in raw files were declared; None (the official MD5s) adds no key, so that an official dataset
+    prepares to the bytes it always has (shipped models record their SHA-256)."""
     source = get_source(name)
     _check_tensors(name, tensors)
-    info = {"name": name, "num_classes": source.num_classes, "max_value": source.max_value, "raw_md5": raw_md5 or {},
-            "md5_source": md5_source}
+    info = {"name": name, "num_classes": source.num_classes, "max_value": source.max_value, "raw_md5": raw_md5 or {}}
+    if md5_source is not None:
+        info["md5_source"] = md5_source
     # one metadata key holding sorted JSON: safetensors writes several keys in a random order,
     # which would change the file's bytes (and DVC's hash) from run to run
     blob = save({k: tensors[k].contiguous() for k in SPLIT_KEYS}, metadata={META_KEY: json.dumps(info, sort_keys=True)})
