@@ -21,7 +21,7 @@ from bnnrepro.engine.train import fit, train_one_epoch
 from bnnrepro.models import build_model
 from bnnrepro.models.common import ShiftOnlyBatchNorm1d, ShiftOnlyBatchNorm2d
 from bnnrepro.optim import build_optimizer, build_optimizers, lr_at_epoch
-from test_cifar_tiny import cifar10_archive
+from standins import cifar10_archive
 from test_train import tiny_mnist
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,65 +3,15 @@ checked on tiny archives built here in the official layouts."""
 
 from __future__ import annotations
 
-import io
-import tarfile
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from bnnrepro.data.sources import SOURCES
 
-PIXELS = 3 * 32 * 32
-
-
-def make_image(k: int) -> np.ndarray:
-    """A distinct 3x32x32 uint8 image for sample k: a background level plus one marked pixel."""
-    img = np.full((3, 32, 32), k % 256, dtype=np.uint8)
-    c, h, w = k % 3, (5 * k + 1) % 32, (7 * k + 2) % 32
-    img[c, h, w] = 255 - k
-    return img
-
-
-def marked_pixel(k: int) -> tuple[int, int, int]:
-    return k % 3, (5 * k + 1) % 32, (7 * k + 2) % 32
-
-
-def record(label_bytes: bytes, k: int) -> bytes:
-    """One record as the CIFAR binary release stores it: label byte(s), then red, green, blue planes,
-    each row-major. The marked pixel is placed by explicit offset, not by numpy's reshape."""
-    flat = bytearray([k % 256]) * PIXELS
-    c, h, w = marked_pixel(k)
-    flat[c * 1024 + h * 32 + w] = 255 - k
-    return label_bytes + bytes(flat)
-
-
-def write_tar_gz(path: Path, members: dict[str, bytes]) -> None:
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
-def cifar10_archive(raw: Path, per_file: int = 3, broken: bool = False) -> tuple[list[int], list[int]]:
-    members, train_labels, test_labels, k = {}, [], [], 0
-    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
-        data = b""
-        for _ in range(per_file):
-            label = (3 * k + 1) % 10
-            (test_labels if name == "test_batch.bin" else train_labels).append(label)
-            data += record(bytes([label]), k)
-            k += 1
-        if broken and name == "data_batch_3.bin":
-            data += b"\x00" * 5
-        members[f"cifar-10-batches-bin/{name}"] = data
-    members["cifar-10-batches-bin/batches.meta.txt"] = b"airplane\nautomobile\n"
-    write_tar_gz(raw / "cifar-10-binary.tar.gz", members)
-    return train_labels, test_labels
+from standins import PIXELS, cifar10_archive, jpeg, make_image, marked_pixel, record, write_tar_gz
 
 
 def test_cifar10_binary(tmp_path):
@@ -135,12 +85,6 @@ def test_cifar100_record_file_of_wrong_length(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- Tiny-ImageNet
-def jpeg(color, mode: str = "RGB") -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, (64, 64), color).save(buf, format="JPEG", quality=95)
-    return buf.getvalue()
-
-
 def test_tiny_imagenet(tmp_path):
     root = "tiny-imagenet-200"
     wnids = ["n02000002", "n01000001"]  # not sorted: labels follow the sorted order
@@ -158,15 +102,15 @@ def test_tiny_imagenet(tmp_path):
         z.writestr(f"{root}/words.txt", "n01000001\tthing\nn02000002\tother\n")
         for name, (wnid, colour) in train.items():
             z.writestr(f"{root}/train/{wnid}/images/{name}",
-                       jpeg(colour, "L" if isinstance(colour, int) else "RGB"))
+                       jpeg(colour, "L" if isinstance(colour, int) else "RGB", (64, 64)))
         for wnid in wnids:
             z.writestr(f"{root}/train/{wnid}/{wnid}_boxes.txt", "x\t0\t0\t63\t63\n")
         lines = []
         for name, (wnid, colour) in reversed(list(val.items())):  # annotation order differs from file order
-            z.writestr(f"{root}/val/images/{name}", jpeg(colour, "L" if isinstance(colour, int) else "RGB"))
+            z.writestr(f"{root}/val/images/{name}", jpeg(colour, "L" if isinstance(colour, int) else "RGB", (64, 64)))
             lines.append(f"{name}\t{wnid}\t0\t0\t63\t63")
         z.writestr(f"{root}/val/val_annotations.txt", "\n".join(lines) + "\n")
-        z.writestr(f"{root}/test/images/test_0.JPEG", jpeg((1, 2, 3)))  # unlabeled: unused
+        z.writestr(f"{root}/test/images/test_0.JPEG", jpeg((1, 2, 3), size=(64, 64)))  # unlabeled: unused
 
     t = SOURCES["tiny-imagenet"].parse(tmp_path)
     assert t["train_images"].shape == (4, 3, 64, 64) and t["test_images"].shape == (3, 3, 64, 64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -10,12 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from bnnrepro.config import ConfigError
 from bnnrepro.data.download import MIRROR_ENV, DownloadError, Resource, fetch
 from bnnrepro.data.prepared import DATA_FILE, load_dataset, prepare_dataset
 from bnnrepro.data.sources import SOURCES
 from bnnrepro.io import file_digest
 
-from conftest import offline_env
+from conftest import REPO_ROOT, offline_env
+from standins import mnist_files
 
 DEAD_URL = "http://127.0.0.1:9/x"
 MNIST_MD5 = {
@@ -180,3 +183,74 @@ def test_prepare_fashion_mnist(mirror, tmp_path):
 def test_load_dataset_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="prepare_data.py"):
         load_dataset(tmp_path / "mnist")
+
+
+# ------------------------------------------------- declared checksums of stand-in files (stages/prepare_data.py)
+
+def standin_mnist(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A mirror holding tiny MNIST files in the official IDX format, and their MD5s."""
+    raw = tmp_path / "mirror" / "mnist"
+    raw.mkdir(parents=True)
+    md5 = {}
+    for name, data in mnist_files(6, 2, seed=0).items():
+        (raw / name).write_bytes(data)
+        md5[name] = file_digest(raw / name)
+    return tmp_path / "mirror", md5
+
+
+def prepared_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["bnnrepro"])
+
+
+def test_standin_files_are_refused_against_the_official_md5(tmp_path):
+    mirror, _ = standin_mnist(tmp_path)
+    with pytest.raises(DownloadError, match="checksum mismatch") as e:
+        prepare_dataset("mnist", tmp_path / "prepared", tmp_path / "raw", mirror=str(mirror))
+    assert e.value.corrupt
+
+
+def test_declared_md5_verifies_standin_files_and_is_recorded(tmp_path):
+    mirror, md5 = standin_mnist(tmp_path)
+    out = prepare_dataset("mnist", tmp_path / "prepared", tmp_path / "raw", mirror=str(mirror), md5=md5,
+                          md5_source="params.yaml: datasets.mnist.md5")
+    ds = load_dataset(out.parent)
+    assert ds.train_images.shape == (6, 1, 28, 28) and ds.test_labels.tolist() == [0, 1]
+    meta = prepared_metadata(out)
+    assert meta["raw_md5"] == md5 and meta["md5_source"] == "params.yaml: datasets.mnist.md5"
+
+    one = {"train-images-idx3-ubyte.gz": md5["train-images-idx3-ubyte.gz"]}  # the other three keep the official MD5
+    with pytest.raises(DownloadError, match=MNIST_MD5["train-labels-idx1-ubyte.gz"]):
+        prepare_dataset("mnist", tmp_path / "p2", tmp_path / "raw2", mirror=str(mirror), md5=one)
+
+
+@pytest.mark.parametrize("md5, message", [({"train-images.gz": "0" * 32}, "not a raw file of this dataset"),
+                                          ({"train-images-idx3-ubyte.gz": "F" * 32}, "is not an MD5"),
+                                          ({"train-images-idx3-ubyte.gz": 5}, "is not an MD5")])
+def test_bad_declared_md5_is_a_config_error(tmp_path, md5, message):
+    with pytest.raises(ConfigError, match=message):
+        prepare_dataset("mnist", tmp_path / "prepared", tmp_path / "raw", mirror=str(tmp_path), md5=md5)
+    assert not (tmp_path / "raw").exists()
+
+
+def test_prepare_stage_reads_its_params_entry(tmp_path):
+    """stages/prepare_data.py takes `quick` and `md5` from datasets.<name> of the params file; the prepared
+    file of the official MNIST (no md5 in params.yaml) says "official"."""
+    mirror, md5 = standin_mnist(tmp_path)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"datasets:\n  mnist: {{quick: false, md5: {json.dumps(md5)}}}\n")
+    stage = [sys.executable, str(REPO_ROOT / "stages" / "prepare_data.py"), "mnist", "--out", "out",
+             "--raw", "raw", "--params", str(params)]
+    env = offline_env() | {MIRROR_ENV: str(mirror), "PYTHONPATH": str(REPO_ROOT)}
+    quick = subprocess.run(stage + ["--profile", "quick"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert quick.returncode == 0 and (tmp_path / "out" / "skipped.json").is_file()
+    paper = subprocess.run(stage + ["--profile", "paper"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert paper.returncode == 0, paper.stderr
+    assert "not the official ones" in paper.stdout
+    assert prepared_metadata(tmp_path / "out" / DATA_FILE)["md5_source"] == f"{params}: datasets.mnist.md5"
+
+    params.write_text("datasets:\n  mnist: {quick: true, md5s: {}}\n")
+    bad = subprocess.run(stage + ["--profile", "paper"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown key(s) ['md5s']" in bad.stderr

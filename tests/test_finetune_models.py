@@ -17,7 +17,7 @@ from bnnrepro.nn.layers import QuantConv2d, quantized_layers
 from bnnrepro.nn.quantizers import quantize_weight
 from bnnrepro.optim import split_parameters
 
-from test_pretrained_official import WIDTH, write_official
+from standins import WIDTH, write_official
 
 CONFIGS = Path(__file__).resolve().parents[1] / "config" / "binsfo"
 RECIPES = CONFIGS / "finetune_optimizers.yml"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
 import zipfile
 from pathlib import Path
 
@@ -15,6 +13,8 @@ from sklearn.model_selection import train_test_split
 
 from bnnrepro.data.folders import list_class_folders, load_class_folders, pets_breed
 from bnnrepro.data.sources import SOURCES
+
+from standins import jpeg, tar_bytes
 
 
 def write_image(path: Path, size=(12, 9), color=(200, 30, 60), mode="RGB") -> None:
@@ -56,22 +56,6 @@ def test_split_and_image_shapes(caltech_like):
         assert images.dtype == torch.uint8 and images.shape[1:] == (3, 16, 16)
     with pytest.raises(ValueError, match="expected 101"):
         load_class_folders(caltech_like, exclude=("BACKGROUND_Google",), size=16, num_classes=101)
-
-
-def tar_bytes(files: dict[str, bytes], compress: bool) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz" if compress else "w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def jpeg(color=(10, 200, 30)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 6), color).save(buf, format="JPEG")
-    return buf.getvalue()
 
 
 def test_caltech101_archive_gives_101_classes_at_256(tmp_path):

@@ -11,70 +11,7 @@ import torch
 from bnnrepro.models import ModelConfig, build_model
 from bnnrepro.models.pretrained import OFFICIAL_CHECKPOINTS, find_checkpoint_file, load_pretrained
 
-WIDTH = 0.125  # the official layout at 1/8 of the channels: same names and nesting, small tensors
-ADAMBNN_STAGES = [32, 64, 128, 128, 256, 256] + [512] * 6 + [1024] * 2
-BCDNET_STAGES = [32, 64, 128, 128, 256, 256] + [512] * 4 + [1024]
-
-
-def bn(prefix: str, c: int) -> dict[str, tuple]:
-    """An official nn.BatchNorm2d: parameters and the running statistics (buffers) a checkpoint also holds."""
-    return {f"{prefix}.weight": (c,), f"{prefix}.bias": (c,), f"{prefix}.running_mean": (c,),
-            f"{prefix}.running_var": (c,), f"{prefix}.num_batches_tracked": ()}
-
-
-def move_prelu_move(prefix: str, names: tuple[str, str, str], c: int) -> dict[str, tuple]:
-    a, p, b = names
-    return {f"{prefix}.{a}.bias": (1, c, 1, 1), f"{prefix}.{p}.weight": (c,), f"{prefix}.{b}.bias": (1, c, 1, 1)}
-
-
-def official_stem(stages: list[int]) -> dict[str, tuple]:
-    """Names and shapes of reactnet's `feature` list (liuzechun/AdamBNN step2/reactnet.py)."""
-    w = [int(c * WIDTH) for c in stages]
-    keys = {"feature.0.conv1.weight": (w[0], 3, 3, 3), **bn("feature.0.bn1", w[0])}
-    for i in range(1, len(w)):
-        cin, cout, f = w[i - 1], w[i], f"feature.{i}"
-        keys |= {f"{f}.move11.bias": (1, cin, 1, 1), f"{f}.binary_3x3.weight": (cin, cin, 3, 3), **bn(f"{f}.bn1", cin)}
-        keys |= move_prelu_move(f, ("move12", "prelu1", "move13"), cin) | {f"{f}.move21.bias": (1, cin, 1, 1)}
-        if cin == cout:
-            keys |= {f"{f}.binary_pw.weight": (cout, cin, 1, 1), **bn(f"{f}.bn2", cout)}
-        else:
-            keys |= {f"{f}.binary_pw_down1.weight": (cin, cin, 1, 1), f"{f}.binary_pw_down2.weight": (cin, cin, 1, 1),
-                     **bn(f"{f}.bn2_1", cin), **bn(f"{f}.bn2_2", cin)}
-        keys |= move_prelu_move(f, ("move22", "prelu2", "move23"), cout)
-    return keys
-
-
-def official_bcdnet_mlp() -> dict[str, tuple]:
-    """Names and shapes of BCDNet's mlp_layer (Sense-GVT/BCDNet prototype/model/a_3.py)."""
-    c, keys = int(1024 * WIDTH), {}
-    for b in range(3):
-        for k in range(4):
-            f = f"mlp_layer.{b}.mlp_layer.{k}"
-            convs = ("binary_conv", "binary_conv1", "binary_conv2") if k < 3 else ("binary_conv",)
-            keys |= {f"{f}.move0.bias": (1, c, 1, 1), **{f"{f}.{n}.weight": (c, c, 1, 1) for n in convs}, **bn(f"{f}.bn1", c)}
-            keys |= move_prelu_move(f, ("move1", "prelu", "move2"), c)
-    return keys
-
-
-def official_shapes(name: str) -> dict[str, tuple]:
-    c = int(1024 * WIDTH)
-    if name == "adambnn":
-        return official_stem(ADAMBNN_STAGES) | {"fc.weight": (1000, c), "fc.bias": (1000,)}
-    return (official_stem(BCDNET_STAGES) | official_bcdnet_mlp()
-            | {"fc.weight": (1000, c), "fc.bias": (1000,), "fc_dist.weight": (1000, c), "fc_dist.bias": (1000,)})
-
-
-def write_official(name: str, folder) -> dict[str, torch.Tensor]:
-    """torch.save of the official nesting: AdamBNN {"epoch", "state_dict", ...}, BCDNet {"model", ...}."""
-    gen = torch.Generator().manual_seed(0)
-    state = {k: (torch.randint(0, 100, s, generator=gen) if k.endswith("num_batches_tracked")
-                 else torch.randn(s, generator=gen)) for k, s in official_shapes(name).items()}
-    wrapped = {f"module.{k}": v for k, v in state.items()}  # saved from DataParallel
-    saved = ({"epoch": 256, "state_dict": wrapped, "best_top1_acc": 70.5, "optimizer": {"state": {}, "param_groups": []}}
-             if name == "adambnn" else {"model": wrapped, "last_iter": 640000})
-    torch.save(saved, folder / OFFICIAL_CHECKPOINTS[name].filename)
-    return state
-
+from standins import WIDTH, write_official
 
 ARCH = {"adambnn": "reactnet_a", "bcdnet": "bcdnet"}
 

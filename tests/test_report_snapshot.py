@@ -122,3 +122,23 @@ def test_a_run_at_chance_level_is_flagged_collapsed(results):
     table = collect(results.runs, results.pretrained, results.pretrained_results).set_index("experiment")
     assert table.loc["bws_digits_real", "status"].startswith("collapsed")
     assert not table.loc["bws_digits_emp_const", "status"].startswith("collapsed")
+
+
+def test_comparable_sets_runs_of_one_dataset_and_model_against_each_other(tmp_path):
+    """BinSFO's fine-tuning grid: each binary run faces the baseline on its own dataset and model, never the best
+    baseline of another dataset (Pets' 37 classes against Caltech-256's 256 would make any gap)."""
+    runs = tmp_path / "runs"
+    cells = {("oxford-pets", "reactnet_a"): (60.0, 55.0), ("caltech256", "reactnet_a"): (20.0, 30.0),
+             ("caltech256", "bcdnet"): (25.0, None)}  # the bcdnet baseline was not run: a missing cell
+    for (dataset, model), (binary, adam) in cells.items():
+        for recipe, top1 in (("binary", binary), ("adam", adam)):
+            name = f"ft_{recipe}_{dataset}_{model}"
+            metrics = (trained(name, "binsfo", top1, dataset=dataset, model=model, num_classes=37) if top1 is not None
+                       else {**skipped(name, "binsfo", 0.0), "dataset": dataset, "model": model})
+            write(runs / name / "metrics.json", metrics)
+    claim = {"binary": "ft_binary_*", "baseline": "ft_adam_*"}
+    row = claims.from_comparable(claim, claims.Results(runs, tmp_path, tmp_path, tmp_path))
+    assert row["ours"] == -2.5  # mean of +5 and -10, not 60 - 55 (best against best)
+    assert row["how_far"].startswith("mean gap over 2 dataset x model cells, from -10.00 (binary 20.00 "
+                                     "(ft_binary_caltech256_reactnet_a) vs baseline 30.00 (ft_adam_caltech256_reactnet_a))")
+    assert row["how_far"].endswith("; 1 of 3 dataset x model cells not run")

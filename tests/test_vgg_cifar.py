@@ -12,7 +12,7 @@ from bnnrepro.data.prepared import load_dataset, write_prepared
 from bnnrepro.data.sources import SOURCES
 from bnnrepro.engine.train import fit
 from bnnrepro.export import save_model
-from test_cifar_tiny import cifar10_archive
+from standins import cifar10_archive
 
 
 @pytest.fixture

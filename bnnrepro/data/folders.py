@@ -23,8 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
-from torchvision.datasets.folder import find_classes, make_dataset
 
 IMAGE_SIZE = 256
 TEST_SIZE = 0.15
@@ -34,6 +32,8 @@ SPLIT_SEED = 42
 def list_class_folders(root: str | os.PathLike, exclude: tuple[str, ...] = ()) -> tuple[list[str], list[tuple[str, int]]]:
     """(classes, [(path, label)]): class folders sorted, `exclude`d ones left out, and in each the *.jpg
     files directly inside it, sorted (BinSFO's glob("<class>/*.jpg"): no subfolders, no other extension)."""
+    from torchvision.datasets.folder import find_classes, make_dataset  # imported here: seconds, needed only here
+
     root = Path(root)
     classes = [c for c in find_classes(root)[0] if c not in exclude]
     samples = make_dataset(root, {c: i for i, c in enumerate(classes)},
@@ -44,6 +44,8 @@ def list_class_folders(root: str | os.PathLike, exclude: tuple[str, ...] = ()) -
 def split_indices(n: int) -> tuple[list[int], list[int]]:
     """BinSFO's 85/15 split, in the order scikit-learn returns (the test order sets the test batches,
     which matters for batch-statistics BatchNorm)."""
+    from sklearn.model_selection import train_test_split  # imported here: about a second, needed only here
+
     train, test = train_test_split(list(range(n)), test_size=TEST_SIZE, random_state=SPLIT_SEED)
     return train, test
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +18,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from bnnrepro.data import DATA_FILE, SKIP_FILE  # noqa: F401  (re-exported)
-from bnnrepro.data.download import fetch, mirror_from_env
+from bnnrepro.data.download import Resource, fetch, mirror_from_env
+from bnnrepro.data.sources import get_source
 from bnnrepro.errors import BadFileError, MissingFileError
 from bnnrepro.io import atomic_write, file_digest
+from bnnrepro.plain_yaml import ConfigError
 
 SPLIT_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 
@@ -58,27 +61,45 @@ META_KEY = "bnnrepro"
 
 
 def prepare_dataset(name: str, out_dir: str | os.PathLike, raw_dir: str | os.PathLike,
-                    mirror: str | None = None) -> Path:
-    """Fetch (verified) and parse the raw files of `name`, then write `out_dir/data.safetensors` atomically."""
-    from bnnrepro.data.sources import get_source  # the parsers import torchvision: only preparing pays for it
+                    mirror: str | None = None, md5: dict[str, str] | None = None, md5_source: str = "md5") -> Path:
+    """Fetch (verified) and parse the raw files of `name`, then write `out_dir/data.safetensors` atomically.
 
+    `md5` (file name -> MD5) declares other checksums for some raw files than the official ones: stand-in
+    files in the official format (the pipeline's dry run) are verified against those. `md5_source` names
+    where they were declared (e.g. "params.yaml: datasets.mnist.md5"); the prepared file records it beside every
+    MD5 that was checked."""
     source = get_source(name)
     raw_dir = Path(raw_dir)
     mirror = mirror if mirror is not None else mirror_from_env()
-    for resource in source.resources:
+    resources = with_md5(source.resources, md5 or {}, md5_source)
+    for resource in resources:
         fetch(resource, name, raw_dir, mirror)
-    checksums = {r.filename: r.md5 for r in source.resources}
-    return write_prepared(name, source.parse(raw_dir), out_dir, checksums)
+    checksums = {r.filename: r.md5 for r in resources}
+    return write_prepared(name, source.parse(raw_dir), out_dir, checksums, md5_source if md5 else None)
+
+
+def with_md5(resources: tuple[Resource, ...], md5: dict[str, str], where: str) -> tuple[Resource, ...]:
+    """`resources` with the MD5s that `md5` declares in place of the official ones; every name in `md5`
+    must be one of the files and every value an MD5 (32 hex digits), so a typo cannot go unnoticed."""
+    names = [r.filename for r in resources]
+    for filename, value in md5.items():
+        if filename not in names:
+            raise ConfigError(f"{where}: '{filename}' is not a raw file of this dataset - use one of {names}")
+        if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{32}", value):
+            raise ConfigError(f"{where}.{filename}: {value!r} is not an MD5 - give 32 lowercase hex digits")
+    return tuple(dataclasses.replace(r, md5=md5.get(r.filename, r.md5)) for r in resources)
 
 
 def write_prepared(name: str, tensors: dict[str, torch.Tensor], out_dir: str | os.PathLike,
-                   raw_md5: dict[str, str] | None = None) -> Path:
-    """Write parsed split tensors as `out_dir/data.safetensors` (atomically)."""
-    from bnnrepro.data.sources import get_source
-
+                   raw_md5: dict[str, str] | None = None, md5_source: str | None = None) -> Path:
+    """Write parsed split tensors as `out_dir/data.safetensors` (atomically). `md5_source`: where the MD5s
+    of stand-in raw files were declared; None (the official MD5s) adds no key, so that an official dataset
+    prepares to the bytes it always has (shipped models record their SHA-256)."""
     source = get_source(name)
     _check_tensors(name, tensors)
     info = {"name": name, "num_classes": source.num_classes, "max_value": source.max_value, "raw_md5": raw_md5 or {}}
+    if md5_source is not None:
+        info["md5_source"] = md5_source
     # one metadata key holding sorted JSON: safetensors writes several keys in a random order,
     # which would change the file's bytes (and DVC's hash) from run to run
     blob = save({k: tensors[k].contiguous() for k in SPLIT_KEYS}, metadata={META_KEY: json.dumps(info, sort_keys=True)})

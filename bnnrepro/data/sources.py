@@ -18,7 +18,6 @@ from typing import IO, Callable
 
 import numpy as np
 import torch
-from torchvision import datasets as tvd
 
 from bnnrepro.data.download import Resource
 from bnnrepro.data.folders import IMAGE_SIZE, load_class_folders, pets_breed, sort_into_class_folders
@@ -33,17 +32,32 @@ class DatasetSource:
     num_classes: int
     max_value: int  # largest pixel value (255 for images, 16 for scikit-learn's digits)
     image_shape: tuple[int, int, int]  # C, H, W
-    resources: tuple[Resource, ...]
+    declared: tuple[Resource, ...] | Callable[[], tuple[Resource, ...]]  # the raw files, or what lists them
     parse: Callable[[Path], Tensors]  # raw folder -> tensors
+
+    @property
+    def resources(self) -> tuple[Resource, ...]:
+        """The raw files: names, MD5s and official URLs."""
+        return self.declared() if callable(self.declared) else self.declared
 
 
 # ---------------------------------------------------------------------------------------------- MNIST
-def _torchvision_resources(cls) -> tuple[Resource, ...]:
-    """Official file names, MD5s and URLs exactly as torchvision declares them."""
-    return tuple(Resource(name, md5, tuple(m + name for m in cls.mirrors)) for name, md5 in cls.resources)
+def _torchvision_resources(class_name: str) -> Callable[[], tuple[Resource, ...]]:
+    """Official file names, MD5s and URLs exactly as torchvision's dataset class declares them, read when
+    asked for: importing torchvision takes seconds, and a training run, which imports this module for the
+    dataset names, never needs it."""
+    def resources() -> tuple[Resource, ...]:
+        from torchvision import datasets
+
+        cls = getattr(datasets, class_name)
+        return tuple(Resource(name, md5, tuple(m + name for m in cls.mirrors)) for name, md5 in cls.resources)
+
+    return resources
 
 
 def _parse_mnist_like(raw: Path) -> Tensors:
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
     # torchvision's IDX parsers read plain files: decompress into a scratch folder that is deleted after.
     with tempfile.TemporaryDirectory() as tmp:
         def read(stem: str, parser) -> torch.Tensor:
@@ -52,10 +66,10 @@ def _parse_mnist_like(raw: Path) -> Tensors:
             return parser(str(plain))
 
         return {
-            "train_images": read("train-images-idx3-ubyte", tvd.mnist.read_image_file).unsqueeze(1),
-            "train_labels": read("train-labels-idx1-ubyte", tvd.mnist.read_label_file),
-            "test_images": read("t10k-images-idx3-ubyte", tvd.mnist.read_image_file).unsqueeze(1),
-            "test_labels": read("t10k-labels-idx1-ubyte", tvd.mnist.read_label_file),
+            "train_images": read("train-images-idx3-ubyte", read_image_file).unsqueeze(1),
+            "train_labels": read("train-labels-idx1-ubyte", read_label_file),
+            "test_images": read("t10k-images-idx3-ubyte", read_image_file).unsqueeze(1),
+            "test_labels": read("t10k-labels-idx1-ubyte", read_label_file),
         }
 
 
@@ -195,8 +209,8 @@ FINETUNE_SHAPE = (3, IMAGE_SIZE, IMAGE_SIZE)  # BinSFO's Resize((256, 256)), app
 
 SOURCES: dict[str, DatasetSource] = {
     "digits": DatasetSource("digits", 10, 16, (1, 8, 8), (), _parse_digits),
-    "mnist": DatasetSource("mnist", 10, 255, (1, 28, 28), _torchvision_resources(tvd.MNIST), _parse_mnist_like),
-    "fashion-mnist": DatasetSource("fashion-mnist", 10, 255, (1, 28, 28), _torchvision_resources(tvd.FashionMNIST),
+    "mnist": DatasetSource("mnist", 10, 255, (1, 28, 28), _torchvision_resources("MNIST"), _parse_mnist_like),
+    "fashion-mnist": DatasetSource("fashion-mnist", 10, 255, (1, 28, 28), _torchvision_resources("FashionMNIST"),
                                    _parse_mnist_like),
     "cifar10": DatasetSource(
         "cifar10", 10, 255, (3, 32, 32),
