@@ -48,8 +48,10 @@ def test_missing_or_unknown_subcommand_is_a_usage_error(capsys, argv):
 
 def test_prepare_runs_the_stage_with_the_arguments_given(capsys, tmp_path):
     out_dir = tmp_path / "prepared"
+    params = tmp_path / "params.yaml"
+    params.write_text("datasets:\n  mnist: {quick: false}\n")  # the stage reads its dataset's params entry
     code, out, _ = run_main(capsys, "prepare", "mnist", "--out", str(out_dir), "--raw", str(tmp_path / "raw"),
-                            "--profile", "quick", "--in-quick", "false")
+                            "--profile", "quick", "--params", str(params))
     assert code == 0
     assert "mnist: skipped in profile quick" in out
     assert "quick profile" in json.loads((out_dir / "skipped.json").read_text())["reason"]
