@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from tabulate import tabulate
 from tqdm.auto import tqdm
 
@@ -62,7 +61,6 @@ from bnnrepro.models.pretrained import find_checkpoint_file
 from bnnrepro.runtime import environment, git_commit, resolve_device, set_deterministic
 
 TRAIN_SCRIPT = "stages/train.py"
-PIPELINE_FILES = ("dvc.yaml", "grids/*/dvc.yaml")
 MiB = 1 << 20
 
 
@@ -86,51 +84,6 @@ class Recipe:
         return self.name.split("@")[0], self.config, self.data
 
 
-_VARIABLE = re.compile(r"\$\{([^}]+)\}")
-
-
-def _lookup(context: dict, dotted: str, where: str) -> Any:
-    value = context
-    for part in dotted.strip().split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise BadFileError(f"{where}: cannot resolve ${{{dotted}}} from params.yaml - check the stage")
-        value = value[part]
-    return value
-
-
-def _resolve(value: Any, context: dict, where: str) -> Any:
-    """DVC's interpolation, as far as the pipeline files use it: "${a.b}" alone is the value (a list for a
-    matrix axis, a mapping for foreach); inside a string it is substituted as text."""
-    if isinstance(value, str):
-        whole = _VARIABLE.fullmatch(value.strip())
-        if whole:
-            return _lookup(context, whole.group(1), where)
-        return _VARIABLE.sub(lambda m: str(_lookup(context, m.group(1), where)), value)
-    return value
-
-
-def _expand(stage: str, definition: dict, context: dict, where: str) -> list[tuple[str, str]]:
-    """(name, command) of every stage a definition generates: plain, foreach (a mapping or a list) or matrix."""
-    if "foreach" in definition:
-        items = _resolve(definition["foreach"], context, where)
-        pairs = items.items() if isinstance(items, dict) else ((item, item) for item in items)
-        return [(f"{stage}@{key}", _resolve(_command(definition), {**context, "key": key, "item": item}, where))
-                for key, item in pairs]
-    if "matrix" in definition:
-        axes = {axis: _resolve(values, context, where) for axis, values in definition["matrix"].items()}
-        cells = [{}]
-        for axis, values in axes.items():
-            cells = [{**cell, axis: value} for cell in cells for value in values]
-        return [(f"{stage}@{'-'.join(str(v) for v in cell.values())}",
-                 _resolve(_command(definition), {**context, "item": cell}, where)) for cell in cells]
-    return [(stage, _resolve(_command(definition), context, where))]
-
-
-def _command(definition: dict) -> str:
-    """A stage definition's command template (a foreach stage keeps it under `do`)."""
-    return str(definition.get("do", definition).get("cmd", ""))
-
-
 def _train_command_parser() -> argparse.ArgumentParser:
     """The options of stages/train.py that say what a stage trains; the others (profile, device, ...) are ours."""
     p = argparse.ArgumentParser(add_help=False, exit_on_error=False)
@@ -143,32 +96,38 @@ def _train_command_parser() -> argparse.ArgumentParser:
     return p
 
 
+def pipeline_commands(root: Path) -> list[tuple[str, str, Path]]:
+    """(name, command, working directory) of every stage of the pipeline, as DVC itself resolves them: dvc.yaml
+    and the grids' pipeline files, foreach and matrix expanded, ${...} filled from params.yaml."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo:
+            return [(stage.name, cmd, Path(stage.wdir)) for stage in repo.index.stages
+                    for cmd in ([stage.cmd] if isinstance(stage.cmd, str) else stage.cmd or [])]
+    except DvcException as e:
+        raise BadFileError(f"{root}: DVC cannot read the pipeline: {e}") from None
+
+
 def training_stages(root: Path) -> list[Recipe]:
-    """Every stage of dvc.yaml and grids/<grid>/dvc.yaml that runs stages/train.py, with its variables taken
-    from params.yaml (the grids' `vars`) and its paths relative to `root`."""
-    params = yaml.safe_load((root / "params.yaml").read_text())
+    """Every pipeline stage that runs stages/train.py, its paths made absolute from the stage's working directory."""
     parser = _train_command_parser()
     stages = []
-    for pattern in PIPELINE_FILES:
-        for file in sorted(root.glob(pattern)):
-            where = str(file.relative_to(root))
-            for stage, definition in (yaml.safe_load(file.read_text()).get("stages") or {}).items():
-                if TRAIN_SCRIPT not in _command(definition):
-                    continue
-                for name, cmd in _expand(stage, definition, params, where):
-                    words = shlex.split(cmd)
-                    if TRAIN_SCRIPT not in words:  # named in an argument, not run
-                        continue
-                    try:
-                        args, _ = parser.parse_known_args(words[words.index(TRAIN_SCRIPT) + 1:])
-                    except argparse.ArgumentError as e:
-                        raise BadFileError(f"{where}: stage {name}: {e} - fix its command") from None
-                    if args.config is None or args.data is None:
-                        raise BadFileError(f"{where}: stage {name}: {TRAIN_SCRIPT} without --config or --data")
-                    stages.append(Recipe(
-                        name=name, config=root / args.config, data=root / args.data, recipe=_rooted(args.recipe, root),
-                        overrides=dict(parse_override(o) for o in args.override),
-                        pretrained_dir=root / args.pretrained_dir if args.pretrained_dir else None))
+    for name, cmd, wdir in pipeline_commands(root):
+        words = shlex.split(cmd)
+        if TRAIN_SCRIPT not in words:  # not run, or only named in an argument
+            continue
+        try:
+            args, _ = parser.parse_known_args(words[words.index(TRAIN_SCRIPT) + 1:])
+        except argparse.ArgumentError as e:
+            raise BadFileError(f"stage {name}: {e} - fix its command") from None
+        if args.config is None or args.data is None:
+            raise BadFileError(f"stage {name}: {TRAIN_SCRIPT} without --config or --data")
+        stages.append(Recipe(
+            name=name, config=wdir / args.config, data=wdir / args.data, recipe=_rooted(args.recipe, wdir),
+            overrides=dict(parse_override(o) for o in args.override),
+            pretrained_dir=wdir / args.pretrained_dir if args.pretrained_dir else None))
     return stages
 
 

@@ -151,6 +151,8 @@ def test_fine_tuning_without_the_official_checkpoint_starts_from_random_init():
 def test_a_prepared_dataset_is_used_when_present_else_synthetic_of_the_official_size(tmp_path):
     for item in ("params.yaml", "dvc.yaml", "grids", "config"):  # the repository, with a data/ folder of its own
         (tmp_path / item).symlink_to(REPO_ROOT / item)
+    (tmp_path / ".dvc").mkdir()  # a DVC project of its own, outside git
+    (tmp_path / ".dvc/config").write_text("[core]\n    no_scm = true\n")
     synthetic = plan_for("train@rwth_ref_cifar10", tmp_path)
     assert synthetic.data["source"] == "synthetic" and len(synthetic.dataset.train_labels) == 50_000
     assert synthetic.dataset.image_shape == (3, 32, 32) and len(synthetic.dataset.test_labels) == 10_000
@@ -174,3 +176,8 @@ def test_fingerprints_tell_tensors_apart_by_their_bytes():
     fa, fb = gpu_check.fingerprint(a), gpu_check.fingerprint(b)
     assert fa.keys() == {"/w", "/state/step", "/state/m/0"}
     assert [k for k in fa if fa[k] != fb[k]] == ["/w"]
+
+
+def test_a_root_that_is_not_a_dvc_project_is_one_clear_error(tmp_path, capsys):
+    assert run_cli(gpu_check.main, ["--root", str(tmp_path), "--list"]) == 2
+    assert "DVC cannot read the pipeline" in capsys.readouterr().err
