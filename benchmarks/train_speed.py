@@ -63,7 +63,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     data = load_dataset(args.data)
     rates = {name: images_per_second(f"config/rwth/{cfg}.yml", data, args.steps)
-             for name, cfg in (("float LeNet5", "ref_mnist"), ("binary LeNet5", "binary_mnist"))}
+             for name, cfg in (("float LeNet5", "float_mnist"), ("binary LeNet5", "binary_mnist"))}
     for name, rate in rates.items():
         print(f"{name:14s} {rate:8.0f} images/s  -> {50_000 / rate:5.1f} s per 50,000-image epoch (batch 50)")
     print(f"binary / float step time: {rates['float LeNet5'] / rates['binary LeNet5']:.2f}x "

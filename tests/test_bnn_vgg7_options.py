@@ -30,12 +30,12 @@ RWTH = REPO / "config" / "rwth"
 
 # digests of the RWTH configs before these options existed: their checkpoints must keep resuming
 RWTH_DIGESTS = {"binary_cifar10": "9669aa2e7f80fb1e", "binary_mnist": "9ec46e0582f9a2b7",
-                "ref_cifar10": "67acd1b9525d4b65", "ref_mnist": "f6601414e0611432"}
+                "float_cifar10": "67acd1b9525d4b65", "float_mnist": "f6601414e0611432"}
 # keys the RWTH configs set since, to the published arithmetic (their digests changed on purpose); set back
 # to their defaults they give the old digests
 PUBLISHED_ARITHMETIC = {"binary_cifar10": {"model.sign_rule": "zero_positive", "train.tie_break": "topk"},
                         "binary_mnist": {"model.sign_rule": "zero_positive", "train.tie_break": "topk"},
-                        "ref_cifar10": {"train.tie_break": "topk"}, "ref_mnist": {"train.tie_break": "topk"}}
+                        "float_cifar10": {"train.tie_break": "topk"}, "float_mnist": {"train.tie_break": "topk"}}
 
 
 def model_cfg(path: Path, **changes):

@@ -16,8 +16,8 @@ MNIST = CONFIG_DIR / "binary_mnist.yml"
 
 
 def test_rwth_configs_exist():
-    assert {p.name for p in RWTH_CONFIGS} >= {"binary_mnist.yml", "ref_mnist.yml",
-                                              "binary_cifar10.yml", "ref_cifar10.yml"}
+    assert {p.name for p in RWTH_CONFIGS} >= {"binary_mnist.yml", "float_mnist.yml",
+                                              "binary_cifar10.yml", "float_cifar10.yml"}
 
 
 @pytest.mark.parametrize("path", RWTH_CONFIGS, ids=lambda p: p.name)

@@ -208,7 +208,7 @@ def test_latent_model_round_trips_exactly(tmp_path):
 
 
 def test_float_model_round_trips_in_both_formats(tmp_path):
-    cfg = config("ref_mnist")
+    cfg = config("float_mnist")
     model = lenet(cfg)
     x = mnist_like_inputs()
     with torch.no_grad():
@@ -265,7 +265,7 @@ def test_truncated_safetensors_is_a_runtime_error(tmp_path):
 
 def test_weights_of_another_architecture_do_not_fit(tmp_path):
     # float LeNet5 weights (with biases) into a binary LeNet5 folder
-    save_model(lenet(config("ref_mnist")), tmp_path / "float", config("ref_mnist"), LENET_INPUT)
+    save_model(lenet(config("float_mnist")), tmp_path / "float", config("float_mnist"), LENET_INPUT)
     save_model(lenet(), tmp_path / "binary", config(), LENET_INPUT)
     shutil.copy(tmp_path / "float" / "model.safetensors", tmp_path / "binary" / "model.safetensors")
     with pytest.raises(RuntimeError, match="does not fit the LeNet5") as info:
@@ -336,7 +336,7 @@ def test_rwth_folder_without_params_is_refused(tmp_path):
 
 
 def test_rwth_results_of_another_network_do_not_fit(tmp_path):
-    float_model = lenet(config("ref_mnist"))
+    float_model = lenet(config("float_mnist"))
     folder = write_rwth_folder(tmp_path / "run", {f"module.{k}": v for k, v in float_model.state_dict().items()})
     with pytest.raises(RuntimeError, match="does not fit"):
         infer.load_any(folder, torch.device("cpu"))

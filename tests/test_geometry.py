@@ -215,7 +215,7 @@ def test_skipped_and_float_models_are_reported_not_analysed(tiny_models, tmp_pat
     (skipped / "metadata.json").write_text(json.dumps({"status": "skipped", "reason": "needs a GPU"}))
     result = analyse_model(skipped, tiny_models, PARAMS)
     assert result.metrics["status"] == "skipped" and result.metrics["reason"] == "needs a GPU" and not result.rows
-    cfg = load_experiment(REPO / "config" / "rwth" / "ref_mnist.yml", {"model.width": 0.25})
+    cfg = load_experiment(REPO / "config" / "rwth" / "float_mnist.yml", {"model.width": 0.25})
     torch.manual_seed(0)
     save_model(build_model(cfg.model, 1, 10, 28), tmp_path / "float", cfg, LENET_INPUT)
     result = analyse_model(tmp_path / "float", tiny_models, PARAMS)

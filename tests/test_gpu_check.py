@@ -50,7 +50,7 @@ def test_gpu_recipes_are_the_stages_the_quick_profile_skips():
     every = by_name(gpu_check.gpu_recipes(REPO_ROOT))
     sgdat, finetune = PARAMS["sgdat"], PARAMS["binsfo_finetune"]
     grid_cells = len(sgdat["recipes"]) * len(sgdat["datasets"]) + math.prod(len(v) for v in finetune.values())
-    assert {"train@rwth_ref_cifar10", "train@rwth_binary_cifar10", "train@hd_bnn_vgg7_cifar10"} < set(every)
+    assert {"train@rwth_float_cifar10", "train@rwth_binary_cifar10", "train@hd_bnn_vgg7_cifar10"} < set(every)
     assert len(every) == 3 + grid_cells  # no MNIST run, no cell of the CPU grids (compare, bws_digits, binsfo)
     assert not any(name.startswith(("compare@", "bws_digits@", "binsfo@")) or "mnist" in name for name in every)
     cell = every["sgdat@bop-cifar100"]
@@ -153,7 +153,7 @@ def test_a_prepared_dataset_is_used_when_present_else_synthetic_of_the_official_
         (tmp_path / item).symlink_to(REPO_ROOT / item)
     (tmp_path / ".dvc").mkdir()  # a DVC project of its own, outside git
     (tmp_path / ".dvc/config").write_text("[core]\n    no_scm = true\n")
-    synthetic = plan_for("train@rwth_ref_cifar10", tmp_path)
+    synthetic = plan_for("train@rwth_float_cifar10", tmp_path)
     assert synthetic.data["source"] == "synthetic" and len(synthetic.dataset.train_labels) == 50_000
     assert synthetic.dataset.image_shape == (3, 32, 32) and len(synthetic.dataset.test_labels) == 10_000
     assert synthetic.images_per_epoch == synthetic.paper_images_per_epoch == 50_000 - synthetic.cfg.data.val_size
@@ -163,10 +163,10 @@ def test_a_prepared_dataset_is_used_when_present_else_synthetic_of_the_official_
     labels = lambda n: torch.randint(0, 10, (n,), generator=gen)  # noqa: E731
     write_prepared("cifar10", {"train_images": images(6000), "train_labels": labels(6000), "test_images": images(10),
                                "test_labels": labels(10)}, tmp_path / "data/prepared/cifar10")
-    prepared = plan_for("train@rwth_ref_cifar10", tmp_path, ["--max-steps", "3"])
+    prepared = plan_for("train@rwth_float_cifar10", tmp_path, ["--max-steps", "3"])
     assert prepared.data["source"] == "prepared" and prepared.data["train"] == 6000 - 5000
     assert prepared.paper_images_per_epoch == 1000 and prepared.images_per_epoch == 3 * prepared.cfg.data.batch_size
-    forced = plan_for("train@rwth_ref_cifar10", tmp_path, ["--synthetic", "--synthetic-images", "500"])
+    forced = plan_for("train@rwth_float_cifar10", tmp_path, ["--synthetic", "--synthetic-images", "500"])
     assert forced.data["source"] == "synthetic" and forced.cfg.data.val_size == 50  # 5000 of 50,000, scaled
 
 

@@ -44,7 +44,7 @@ def test_binary_lenet5_profile():
 
 
 def test_float_and_ternary_profiles():
-    model, _ = lenet("ref_mnist")
+    model, _ = lenet("float_mnist")
     assert all(p.params_1bit == 0 and p.macs_binary == 0 for p in profile_model(model, (1, 28, 28)))
     model, _ = lenet(ternary_weights="0100")
     conv2 = {p.name: p for p in profile_model(model, (1, 28, 28))}["conv2"]

@@ -51,7 +51,7 @@ def record(model: nn.Module, names: list[str]):
 
 # ------------------------------------------------------------------------------------------ LeNet5
 
-@pytest.mark.parametrize("name", ["binary_mnist", "ref_mnist"])
+@pytest.mark.parametrize("name", ["binary_mnist", "float_mnist"])
 def test_lenet5_shapes(name):
     model = lenet(name)
     calls, _ = record(model, ["conv1", "conv2", "pool", "fc1", "fc2"])
@@ -68,7 +68,7 @@ def test_lenet5_shapes(name):
     assert model.fc1.in_features == 1600
 
 
-@pytest.mark.parametrize("name", ["binary_mnist", "ref_mnist"])
+@pytest.mark.parametrize("name", ["binary_mnist", "float_mnist"])
 def test_lenet5_weight_count(name):
     counts = [m.weight.numel() for m in weight_layers(lenet(name))]
     assert counts == [800, 51_200, 819_200, 5_120]
@@ -87,7 +87,7 @@ def test_lenet5_binary_has_no_biases_and_binary_weights():
 
 
 def test_lenet5_float_has_biases_fp_weights_and_relu():
-    model = lenet("ref_mnist")
+    model = lenet("float_mnist")
     layers = weight_layers(model)
     assert [m.precision for m in layers] == ["fp"] * 4
     assert all(m.bias is not None for m in layers)
@@ -95,7 +95,7 @@ def test_lenet5_float_has_biases_fp_weights_and_relu():
     assert all(isinstance(getattr(model, f"act{i}"), nn.ReLU) for i in (1, 2, 3))
 
 
-@pytest.mark.parametrize("name", ["binary_mnist", "ref_mnist"])
+@pytest.mark.parametrize("name", ["binary_mnist", "float_mnist"])
 def test_lenet5_last_bn_is_not_affine(name):
     model = lenet(name)
     assert isinstance(model.bn4, nn.BatchNorm1d) and model.bn4.num_features == 10
@@ -106,7 +106,7 @@ def test_lenet5_last_bn_is_not_affine(name):
 
 @pytest.mark.parametrize("name, order", [
     ("binary_mnist", ["conv1", "pool", "bn1", "act1", "conv2", "pool", "bn2", "act2", "fc1", "bn3", "act3", "fc2", "bn4"]),
-    ("ref_mnist", ["conv1", "bn1", "act1", "pool", "conv2", "bn2", "act2", "pool", "fc1", "bn3", "act3", "fc2", "bn4"]),
+    ("float_mnist", ["conv1", "bn1", "act1", "pool", "conv2", "bn2", "act2", "pool", "fc1", "bn3", "act3", "fc2", "bn4"]),
 ])
 def test_lenet5_layer_order(name, order):
     """Binary preset CPBA pools the real-valued conv output before BN; the float preset is CBAP."""
@@ -137,7 +137,7 @@ def vgg_binary():
 
 @pytest.fixture(scope="module")
 def vgg_float():
-    return vgg("ref_cifar10")
+    return vgg("float_cifar10")
 
 
 @pytest.mark.parametrize("which", ["vgg_binary", "vgg_float"])

@@ -90,6 +90,6 @@ def test_infer_takes_the_tie_break_from_the_saved_config():
     assert result["top1"] == 50.0 and result["top5"] == 87.5  # four labels 0; seven labels in classes 0-4
 
 
-@pytest.mark.parametrize("name", ["binary_mnist", "binary_cifar10", "ref_mnist", "ref_cifar10"])
+@pytest.mark.parametrize("name", ["binary_mnist", "binary_cifar10", "float_mnist", "float_cifar10"])
 def test_rwth_configs_count_ties_as_the_published_code(name):
     assert load_experiment(RWTH / f"{name}.yml").train.tie_break == "first_max"

@@ -24,7 +24,7 @@ def cifar_root(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("config", ["ref_cifar10", "binary_cifar10"])
+@pytest.mark.parametrize("config", ["float_cifar10", "binary_cifar10"])
 def test_vggnet7_trains_one_epoch_and_infers(cifar_root, tmp_path, repo_root, config):
     torch.set_num_threads(2)
     overrides = {"train.epochs": 1, "data.batch_size": 10, "data.val_size": 5, "data.eval_batch_size": 10}
