@@ -325,7 +325,8 @@ def allowed_values() -> dict[str, tuple]:
 
     return {"data.dataset": tuple(sorted(SOURCES)), "data.pad_mode": ("constant", "replicate"), "data.order": ORDERS,
             "model.arch": tuple(sorted(MODELS)), "model.weights": ("fp", "binary"),
-            "model.activations": ("relu", "binary"), "model.estimator": ESTIMATORS, "model.sign_rule": SIGN_RULES,
+            "model.activations": ("relu", "binary"), "model.estimator": tuple(ESTIMATORS),
+            "model.sign_rule": tuple(SIGN_RULES),
             "model.layer_order": ("CBAP", "CPBA"), "model.padding": ("rwth", "same_zeros"),
             "model.xnor_scale": WEIGHT_SCALES, "model.pretrained": ("", *sorted(OFFICIAL_CHECKPOINTS)),
             "optim.name": tuple(OPTIMIZERS), "optim.regularization": REGULARIZATIONS, "train.loss": LOSSES,

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from bnnrepro.nn.layers import QuantAct
-from bnnrepro.nn.quantizers import (ESTIMATORS, TERNARY_ACT_K, TERNARY_WEIGHT_K, binarize, quantize_weight, sign,
-                                    surrogate, surrogate_grad, ternarize, ternarize_ste)
+from bnnrepro.nn.quantizers import (ESTIMATORS, TERNARY_ACT_K, TERNARY_WEIGHT_K, binarize, get_estimator, quantize_weight,
+                                    sign, surrogate, surrogate_grad, ternarize, ternarize_ste)
 
 BETA = 10.0
 
@@ -235,3 +235,26 @@ def test_quantize_weight_forward_values():
     assert quantize_weight(w, "fp") is w
     with pytest.raises(ValueError, match="precision"):
         quantize_weight(w, "int4")
+
+
+# ------------------------------------------------------------------------------------- registries
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+def test_each_estimator_backward_is_the_incoming_gradient_times_its_derivative(name):
+    """A fused backward (vanilla, bnn) must equal the generic grad * derivative."""
+    gen = torch.Generator().manual_seed(3)
+    x, grad = torch.randn(4096, generator=gen) * 2, torch.randn(4096, generator=gen)
+    x[::97] = 1.0  # the window's edges
+    x[1::97] = -1.0
+    ste = get_estimator(name)
+    assert ste.name == name
+    assert torch.equal(ste.backward(grad, x, BETA), grad * ste.derivative(x, BETA))
+
+
+def test_unknown_names_are_one_clear_error():
+    with pytest.raises(ValueError, match="Unknown gradient estimator 'tanh'. Valid: \\('vanilla', 'bnn'"):
+        get_estimator("tanh")
+    with pytest.raises(ValueError, match="Unknown sign rule 'nearest'. Valid: \\('zero_positive', 'round_half_even'\\)"):
+        binarize(torch.zeros(2), "bnn", rule="nearest")
+    with pytest.raises(ValueError, match="Unknown gradient estimator"):
+        QuantAct("binary", estimator="tanh")

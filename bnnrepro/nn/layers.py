@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bnnrepro.nn.quantizers import (SIGN_RULES, TERNARY_ACT_K, WEIGHT_SCALES, binarize, quantize_weight, sign,
-                                    ternarize_ste)
+from bnnrepro.nn.quantizers import (TERNARY_ACT_K, WEIGHT_SCALES, binarize, get_estimator, get_sign_rule,
+                                    quantize_weight, sign, ternarize_ste)
 
 PRECISIONS = ("fp", "binary", "ternary")
 
@@ -27,8 +27,7 @@ def _check_precision(precision: str) -> str:
 
 
 def _check_sign_rule(rule: str) -> str:
-    if rule not in SIGN_RULES:
-        raise ValueError(f"Unknown sign rule '{rule}'. Valid: {SIGN_RULES}")
+    get_sign_rule(rule)  # one clear error for an unknown name
     return rule
 
 
@@ -105,7 +104,8 @@ class QuantAct(nn.Module):
         super().__init__()
         if precision not in ("binary", "ternary"):
             raise ValueError(f"Unknown activation precision '{precision}'. Valid: ('binary', 'ternary')")
-        self.precision, self.estimator, self.beta = precision, estimator, beta
+        self.precision, self.beta = precision, beta
+        self.estimator = get_estimator(estimator).name  # one clear error for an unknown name
         self.sign_rule = _check_sign_rule(sign_rule)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,10 @@ Two sign rules (`model.sign_rule`), which differ only on [0, 2^-24] in fp32:
 
 Exact zeros are common in binary networks (integer conv outputs, a fresh BatchNorm maps them onto 0),
 so bit parity with the RWTH code needs its rule (see docs/rwth.md).
+
+Each estimator is one class (Estimator: value, derivative, backward) and each sign rule one function, both in a
+registry by the name configs use (ESTIMATORS, SIGN_RULES; get_estimator, get_sign_rule). A new estimator is a
+new class added to ESTIMATORS; nothing else changes.
 """
 
 from __future__ import annotations
@@ -26,26 +30,19 @@ import functools
 
 import torch
 
-ESTIMATORS = ("vanilla", "bnn", "bireal", "swish")
-SIGN_RULES = ("zero_positive", "round_half_even")
-
 # Delta = k * mean|x| (Li et al. 2016, ternary weight networks); the RWTH code uses k = 0.7 for
 # weights ("twn") and k = 0.4 for activations ("tbn").
 TERNARY_WEIGHT_K = 0.7
 TERNARY_ACT_K = 0.4
 
 
-def sign(x: torch.Tensor, rule: str = "zero_positive") -> torch.Tensor:
-    """+-1, never 0; the rule (SIGN_RULES) decides what x = 0 gives.
+# ------------------------------------------------------------------------------------ sign rules
 
-    zero_positive is copysign(1, x + 0.0): adding +0.0 turns -0.0 into +0.0, so both zeros give +1.
-    It is several times faster on the CPU than torch.where(x >= 0, 1, -1). Both kernels write into one
-    new buffer, empty_like(x): one allocation instead of two halves the time on the CPU, where a large
-    new tensor costs page faults, and keeps x's exact strides (channels_last stays channels_last)."""
-    if rule == "round_half_even":
-        return round_half_even_sign(x)
-    if rule != "zero_positive":
-        raise ValueError(f"Unknown sign rule '{rule}'. Valid: {SIGN_RULES}")
+def zero_positive_sign(x: torch.Tensor) -> torch.Tensor:
+    """+1 where x >= 0 (both zeros), -1 elsewhere, computed as copysign(1, x + 0.0): adding +0.0 turns -0.0
+    into +0.0. It is several times faster on the CPU than torch.where(x >= 0, 1, -1). Both kernels write into
+    one new buffer, empty_like(x): one allocation instead of two halves the time on the CPU, where a large new
+    tensor costs page faults, and keeps x's exact strides (channels_last stays channels_last)."""
     out = torch.add(x, 0.0, out=torch.empty_like(x))
     return torch.copysign(_one(x.dtype, x.device), out, out=out)
 
@@ -55,6 +52,21 @@ def round_half_even_sign(x: torch.Tensor) -> torch.Tensor:
     to +-1. Its band of -1 on [0, 2^-24] comes from fp32 rounding ((x + 1) / 2 is exactly 0.5 there), so
     the rule is these operations, not a threshold that would approximate them."""
     return ((x + 1) / 2).clamp(0, 1).round() * 2 - 1
+
+
+SIGN_RULES = {"zero_positive": zero_positive_sign, "round_half_even": round_half_even_sign}
+
+
+def get_sign_rule(name: str):
+    """The sign function of a rule name (SIGN_RULES); one clear error for any other name."""
+    if name not in SIGN_RULES:
+        raise ValueError(f"Unknown sign rule '{name}'. Valid: {tuple(SIGN_RULES)}")
+    return SIGN_RULES[name]
+
+
+def sign(x: torch.Tensor, rule: str = "zero_positive") -> torch.Tensor:
+    """+-1, never 0; the rule (SIGN_RULES) decides what x = 0 gives."""
+    return get_sign_rule(rule)(x)
 
 
 @functools.cache
@@ -71,56 +83,119 @@ def ternarize(x: torch.Tensor, k: float) -> torch.Tensor:
     return (x > delta).to(x.dtype) - (x < -delta).to(x.dtype)
 
 
-def surrogate(x: torch.Tensor, estimator: str, beta: float = 10.0) -> torch.Tensor:
-    """The smooth function whose derivative an STE uses (its values are used by ternary activations)."""
-    if estimator == "vanilla":
+# ---------------------------------------------------------------------- straight-through estimators
+
+class Estimator:
+    """A straight-through estimator: the smooth surrogate whose derivative backward uses in place of the
+    quantizer's (zero almost everywhere). `value` is also what ternary activations and the RWTH sign rule
+    quantize. `backward` is grad * derivative; subclasses fuse it where that is faster."""
+
+    name: str
+
+    def value(self, x: torch.Tensor, beta: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    def derivative(self, x: torch.Tensor, beta: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    def backward(self, grad: torch.Tensor, x: torch.Tensor, beta: float) -> torch.Tensor:
+        return grad * self.derivative(x, beta)
+
+
+class Vanilla(Estimator):
+    """The identity: the gradient passes unchanged."""
+
+    name = "vanilla"
+
+    def value(self, x, beta):
         return x
-    if estimator == "bnn":
+
+    def derivative(self, x, beta):
+        return torch.ones_like(x)
+
+    def backward(self, grad, x, beta):
+        return grad
+
+
+class HardTanh(Estimator):
+    """Hubara et al. 2016: the gradient passes where -1 < x < 1 (strict), else 0."""
+
+    name = "bnn"
+
+    def value(self, x, beta):
         return x.clamp(-1, 1)
-    if estimator == "bireal":
+
+    def derivative(self, x, beta):
+        return torch.ops.aten.hardtanh_backward(torch.ones_like(x), x, -1.0, 1.0)
+
+    def backward(self, grad, x, beta):  # the hot path of every binary network: one fused kernel
+        return torch.ops.aten.hardtanh_backward(grad, x, -1.0, 1.0)
+
+
+class BiReal(Estimator):
+    """Liu et al. 2018 (Bi-Real Net): the piecewise quadratic 2x - sign(x) x^2 on [-1, 1]."""
+
+    name = "bireal"
+
+    def value(self, x, beta):
         c = x.clamp(-1, 1)
         return 2 * c - c.sign() * c * c
-    if estimator == "swish":
+
+    def derivative(self, x, beta):
+        return (2 - 2 * x.abs()) * (x.abs() < 1).to(x.dtype)
+
+
+class SignSwish(Estimator):
+    """Darabi et al. 2018 (BNN+): 2 s(bx)(1 + bx(1 - s(bx))) - 1 with s the sigmoid and b = beta."""
+
+    name = "swish"
+
+    def value(self, x, beta):
         s = torch.sigmoid(beta * x)
         return 2 * s * (1 + beta * x * (1 - s)) - 1
-    raise ValueError(f"Unknown gradient estimator '{estimator}'. Valid: {ESTIMATORS}")
 
-
-def surrogate_grad(x: torch.Tensor, estimator: str, beta: float = 10.0) -> torch.Tensor:
-    if estimator == "vanilla":
-        return torch.ones_like(x)
-    if estimator == "bnn":
-        return torch.ops.aten.hardtanh_backward(torch.ones_like(x), x, -1.0, 1.0)  # 1 on -1 < x < 1
-    inside = (x.abs() < 1).to(x.dtype)
-    if estimator == "bireal":
-        return (2 - 2 * x.abs()) * inside
-    if estimator == "swish":
+    def derivative(self, x, beta):
         # sigmoid(-bx) instead of 1 - s: no cancellation for large |x|
         s, s_neg = torch.sigmoid(beta * x), torch.sigmoid(-beta * x)
         return 2 * beta * s * s_neg * (2 + beta * x * (s_neg - s))
-    raise ValueError(f"Unknown gradient estimator '{estimator}'. Valid: {ESTIMATORS}")
+
+
+ESTIMATORS = {cls.name: cls() for cls in (Vanilla, HardTanh, BiReal, SignSwish)}
+
+
+def get_estimator(name: str) -> Estimator:
+    """The estimator of a name (ESTIMATORS); one clear error for any other name."""
+    if name not in ESTIMATORS:
+        raise ValueError(f"Unknown gradient estimator '{name}'. Valid: {tuple(ESTIMATORS)}")
+    return ESTIMATORS[name]
+
+
+def surrogate(x: torch.Tensor, name: str, beta: float = 10.0) -> torch.Tensor:
+    """The value of the named estimator's surrogate."""
+    return get_estimator(name).value(x, beta)
+
+
+def surrogate_grad(x: torch.Tensor, name: str, beta: float = 10.0) -> torch.Tensor:
+    """The derivative of the named estimator's surrogate."""
+    return get_estimator(name).derivative(x, beta)
 
 
 class _StraightThrough(torch.autograd.Function):
-    """Forward: quantize(x). Backward: grad * surrogate'(x)."""
+    """Forward: quantize(x). Backward: the estimator's backward (grad * surrogate'(x))."""
 
     @staticmethod
-    def forward(ctx, x, quantize, estimator, beta):
+    def forward(ctx, x, quantize, ste: Estimator, beta):
         ctx.save_for_backward(x)
-        ctx.estimator, ctx.beta = estimator, beta
+        ctx.ste, ctx.beta = ste, beta
         return quantize(x)
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        if ctx.estimator == "vanilla":
-            return grad, None, None, None
-        if ctx.estimator == "bnn":  # the hot path of every binary network: one fused kernel
-            return torch.ops.aten.hardtanh_backward(grad, x, -1.0, 1.0), None, None, None
-        return grad * surrogate_grad(x, ctx.estimator, ctx.beta), None, None, None
+        return ctx.ste.backward(grad, x, ctx.beta), None, None, None
 
 
-def binarize(x: torch.Tensor, estimator: str = "vanilla", beta: float = 10.0,
+def binarize(x: torch.Tensor, estimator_name: str = "vanilla", beta: float = 10.0,
              rule: str = "zero_positive") -> torch.Tensor:
     """sign(x) forward, surrogate gradient backward.
 
@@ -128,25 +203,24 @@ def binarize(x: torch.Tensor, estimator: str = "vanilla", beta: float = 10.0,
     x.data = binarize(x.data)`), so the band where it gives -1 is the surrogate's: [0, 2^-24] for vanilla
     and bnn (hardtanh is the identity there), [0, ~2^-25] for bireal (2x - x^2). Its SignSwish puts back
     the pre-swish value where the swish rounds to exactly 0. The gradient is the surrogate's either way."""
-    if rule == "zero_positive":
-        return _StraightThrough.apply(x, sign, estimator, beta)
-    if rule != "round_half_even":
-        raise ValueError(f"Unknown sign rule '{rule}'. Valid: {SIGN_RULES}")
-    return _StraightThrough.apply(x, functools.partial(_round_surrogate, estimator=estimator, beta=beta),
-                                  estimator, beta)
+    ste = get_estimator(estimator_name)
+    if rule == "round_half_even":
+        return _StraightThrough.apply(x, functools.partial(_round_surrogate, ste=ste, beta=beta), ste, beta)
+    return _StraightThrough.apply(x, get_sign_rule(rule), ste, beta)
 
 
-def _round_surrogate(x: torch.Tensor, estimator: str, beta: float) -> torch.Tensor:
-    value = surrogate(x, estimator, beta)
-    if estimator == "swish":
+def _round_surrogate(x: torch.Tensor, ste: Estimator, beta: float) -> torch.Tensor:
+    value = ste.value(x, beta)
+    if isinstance(ste, SignSwish):
         value = torch.where(value == 0, x, value)
     return round_half_even_sign(value)
 
 
-def ternarize_ste(x: torch.Tensor, k: float, estimator: str = "vanilla", beta: float = 10.0) -> torch.Tensor:
+def ternarize_ste(x: torch.Tensor, k: float, estimator_name: str = "vanilla", beta: float = 10.0) -> torch.Tensor:
     """Ternarized surrogate(x) forward (the RWTH code ternarizes the STE function's output),
     surrogate gradient backward."""
-    return _StraightThrough.apply(x, lambda t: ternarize(surrogate(t, estimator, beta), k), estimator, beta)
+    ste = get_estimator(estimator_name)
+    return _StraightThrough.apply(x, lambda t: ternarize(ste.value(t, beta), k), ste, beta)
 
 
 # XNOR-Net's weight scale alpha = mean|W| (Rastegari et al. 2016), over the whole tensor or per output channel
@@ -167,7 +241,8 @@ def binarize_scaled(w: torch.Tensor, scale: str, rule: str = "zero_positive") ->
     """alpha * sign(W) forward, identity backward. alpha is computed inside the straight-through
     function, so no gradient flows through it (both AdamBNN and BinSFO detach it) and W receives the
     gradient of the scaled weight unchanged, not alpha times it, as in both codes."""
-    return _StraightThrough.apply(w, lambda t: weight_scale(t, scale) * sign(t, rule), "vanilla", 10.0)
+    rule_sign = get_sign_rule(rule)
+    return _StraightThrough.apply(w, lambda t: weight_scale(t, scale) * rule_sign(t), ESTIMATORS["vanilla"], 10.0)
 
 
 def quantize_weight(w: torch.Tensor, precision: str, scale: str = "none", rule: str = "zero_positive") -> torch.Tensor:
