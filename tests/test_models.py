@@ -11,7 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bnnrepro.config import load_experiment
-from bnnrepro.models import build_model
+from bnnrepro.models import MODELS, ModelConfig, build_model
+from bnnrepro.models.common import check_options
 from bnnrepro.nn.layers import QuantAct, QuantConv2d, QuantLinear, quantized_layers
 from bnnrepro.nn.quantizers import quantize_weight
 
@@ -317,3 +318,22 @@ def test_estimator_reaches_activation_layers(estimator):
     model = lenet(estimator=estimator, swish_beta=5.0)
     assert {getattr(model, f"act{i}").estimator for i in (1, 2, 3)} == {estimator}
     assert model.act1.beta == 5.0
+
+
+# --------------------------------------------------------------------------- the registry's option check
+
+EVERY_CONFIG = sorted((Path(__file__).resolve().parents[1] / "config").rglob("*.yml"))
+
+
+@pytest.mark.parametrize("path", [p for p in EVERY_CONFIG if "\nmodel:" in p.read_text()], ids=lambda p: p.stem)
+def test_every_shipped_config_sets_only_options_its_model_reads(path):
+    model = load_experiment(path).model
+    check_options(model, MODELS[model.arch].OPTIONS)
+
+
+@pytest.mark.parametrize("arch, key, value", [("lenet5", "hidden", 256), ("vggnet7", "xnor_scale", "tensor"),
+                                              ("mlp", "layer_order", "CBAP"), ("binarynet", "estimator", "swish")])
+def test_a_key_the_model_does_not_read_is_one_clear_error(arch, key, value):
+    cfg = ModelConfig(arch=arch, **{key: value})
+    with pytest.raises(ValueError, match=f"model.{key} = {value!r} is not an option of model '{arch}'"):
+        build_model(cfg, in_channels=3, num_classes=10, image_size=32)

@@ -29,8 +29,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from bnnrepro.models.common import ModelConfig, check_options
-from bnnrepro.models.reactnet import (OPTIONS, LearnableBias, batch_stat_bn2d, binary_activation, binary_conv,
+from bnnrepro.models.common import ModelConfig
+from bnnrepro.models.reactnet import (LearnableBias, ReActNetA, batch_stat_bn2d, binary_activation, binary_conv,
                                       check_image_size, move_prelu_move, replaced_head, stem)
 
 STAGE_WIDTHS = [32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 1024]
@@ -89,9 +89,10 @@ class Block(nn.Module):
 
 
 class BCDNet(nn.Module):
+    OPTIONS = ReActNetA.OPTIONS  # the same knobs as ReActNet-A, whose blocks it reuses
+
     def __init__(self, cfg: ModelConfig, in_channels: int = 3, num_classes: int = 1000, image_size: int = 224):
         super().__init__()
-        check_options(cfg, OPTIONS)
         check_image_size("BCDNet", image_size)
         # BinSFO's --xnor (tensor) skips the stem; the official per-channel scale is everywhere
         self.feature = stem(STAGE_WIDTHS, in_channels, cfg, "channel" if cfg.xnor_scale == "channel" else "none")

@@ -30,18 +30,19 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from bnnrepro.models.common import ModelConfig, check_options, input_binarizer, weight_precisions
+from bnnrepro.models.common import ModelConfig, input_binarizer, weight_precisions
 from bnnrepro.nn.layers import QuantConv2d, QuantLinear
 
 # (out channels at width 1, max pool after the conv)
 CONVS = [(128, False), (128, True), (256, False), (256, True), (512, False), (512, True)]
-OPTIONS = ("weights", "first_layer_fp", "last_layer_fp", "bias", "width")
 
 
 class BinaryNet(nn.Module):
+    # the ModelConfig keys it reads; build_model checks that every other one keeps its default
+    OPTIONS = ("weights", "first_layer_fp", "last_layer_fp", "bias", "width")
+
     def __init__(self, cfg: ModelConfig, in_channels: int = 3, num_classes: int = 10, image_size: int = 32):
         super().__init__()
-        check_options(cfg, OPTIONS)
         if image_size % 8:
             raise ValueError(f"BinaryNet halves the image three times: its size must be a multiple of 8, "
                              f"got {image_size}x{image_size}")

@@ -26,12 +26,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from bnnrepro.models.common import ModelConfig, activation_layers, check_options, weight_precisions
+from bnnrepro.models.common import ModelConfig, activation_layers, weight_precisions
 from bnnrepro.nn.layers import QuantLinear
 
 INIT_STD = 0.01
-OPTIONS = ("weights", "activations", "estimator", "swish_beta", "bias", "batchnorm", "first_layer_fp", "last_layer_fp",
-           "ternary_weights", "ternary_acts", "depth", "hidden", "bn_affine", "bn_out")
 
 
 def batch_stat_norm(features: int, affine: bool) -> nn.BatchNorm1d:
@@ -39,9 +37,12 @@ def batch_stat_norm(features: int, affine: bool) -> nn.BatchNorm1d:
 
 
 class MLP(nn.Module):
+    # the ModelConfig keys it reads; build_model checks that every other one keeps its default
+    OPTIONS = ("weights", "activations", "estimator", "swish_beta", "bias", "batchnorm", "first_layer_fp",
+               "last_layer_fp", "ternary_weights", "ternary_acts", "depth", "hidden", "bn_affine", "bn_out")
+
     def __init__(self, cfg: ModelConfig, in_channels: int = 1, num_classes: int = 10, image_size: int = 28):
         super().__init__()
-        check_options(cfg, OPTIONS)  # the convolutional models' options (width, layer_order, ...) must stay default
         if cfg.depth < 1 or cfg.hidden < 1:
             raise ValueError(f"MLP needs depth >= 1 and hidden >= 1, got depth {cfg.depth}, hidden {cfg.hidden}")
         widths = [in_channels * image_size * image_size] + [cfg.hidden] * (cfg.depth - 1) + [num_classes]

@@ -39,11 +39,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from bnnrepro.models.common import ModelConfig, check_options
+from bnnrepro.models.common import ModelConfig
 from bnnrepro.nn.layers import QuantAct, QuantConv2d
 
 STAGE_WIDTHS = [32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024]
-OPTIONS = ("estimator", "swish_beta", "width", "xnor_scale", "pretrained")
 DOWNSAMPLINGS = 5  # the first conv and the four widening blocks halve the maps
 
 
@@ -154,9 +153,11 @@ def check_image_size(name: str, image_size: int) -> None:
 
 
 class ReActNetA(nn.Module):
+    # the ModelConfig keys it reads; build_model checks that every other one keeps its default
+    OPTIONS = ("estimator", "swish_beta", "width", "xnor_scale", "pretrained")
+
     def __init__(self, cfg: ModelConfig, in_channels: int = 3, num_classes: int = 1000, image_size: int = 224):
         super().__init__()
-        check_options(cfg, OPTIONS)
         check_image_size("ReActNet-A", image_size)
         self.feature = stem(STAGE_WIDTHS, in_channels, cfg, cfg.xnor_scale)
         self.pool1 = nn.AdaptiveAvgPool2d(1)

@@ -35,12 +35,11 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from bnnrepro.models.common import ModelConfig, check_options, input_binarizer, weight_precisions
+from bnnrepro.models.common import ModelConfig, input_binarizer, weight_precisions
 from bnnrepro.nn.layers import QuantConv2d, QuantLinear
 
 STAGES = [(80, 1), (160, 2), (320, 2)]  # (out channels at width 1, stride of the first block)
 BLOCKS_PER_STAGE = 2
-OPTIONS = ("weights", "first_layer_fp", "last_layer_fp", "bias", "width")
 
 
 class BasicBlock(nn.Module):
@@ -71,9 +70,11 @@ class BasicBlock(nn.Module):
 
 
 class ResNetSGDAT(nn.Module):
+    # the ModelConfig keys it reads; build_model checks that every other one keeps its default
+    OPTIONS = ("weights", "first_layer_fp", "last_layer_fp", "bias", "width")
+
     def __init__(self, cfg: ModelConfig, in_channels: int = 3, num_classes: int = 10, image_size: int = 32):
         super().__init__()
-        check_options(cfg, OPTIONS)
         if image_size % 32:
             raise ValueError(f"ResNetSGDAT pools 8x8 windows of its H/4 maps: the image size must be a multiple "
                              f"of 32, got {image_size}x{image_size}")

@@ -37,6 +37,11 @@ def conv_padding(mode: str, index: int) -> int | str:
 
 
 class VGGNet7(nn.Module):
+    # the ModelConfig keys it reads; build_model checks that every other one keeps its default
+    OPTIONS = ("weights", "activations", "estimator", "swish_beta", "sign_rule", "layer_order", "bias", "batchnorm",
+               "width", "first_layer_fp", "last_layer_fp", "ternary_weights", "ternary_acts", "padding", "bn_scale",
+               "last_bn_shift")
+
     def __init__(self, cfg: ModelConfig, in_channels: int = 3, num_classes: int = 10, image_size: int = 32):
         super().__init__()
         if image_size != 32:
