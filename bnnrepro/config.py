@@ -26,39 +26,63 @@ from bnnrepro import PROFILES  # noqa: F401  (re-exported)
 # the YAML reader's names are part of this module's interface (configs, recipes and overrides use them)
 from bnnrepro.plain_yaml import MAX_CONFIG_BYTES, ConfigError, parse_yaml, read_yaml_mapping  # noqa: F401
 
+# A field's constraint sits on the field (dataclasses.field metadata) and is checked by check_values:
+# a range, a fixed set of names, or the names of a registry (resolved when checked, so that this module imports
+# none of the modules that import it).
+POSITIVE = {"range": "> 0"}
+NON_NEGATIVE = {"range": ">= 0"}
+
+
+def one_of(*names: str) -> dict[str, tuple[str, ...]]:
+    return {"one_of": names}
+
+
+def registry(name: str) -> dict[str, str]:
+    """The field takes a name of the registry `name` (a key of _registries())."""
+    return {"registry": name}
+
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of one network. Float and binary variants of a model differ only in these values."""
 
-    arch: str                   # registered model name: lenet5 | vggnet7 | mlp | binarynet | resnet_sgdat |
-                                # reactnet_a | bcdnet
-    weights: str = "binary"     # fp | binary: precision of every weight layer (see the *_fp and ternary_* keys)
-    activations: str = "binary" # relu | binary
-    estimator: str = "bnn"      # STE of quantized activations: vanilla | bnn | bireal | swish
+    # registered model name: lenet5 | vggnet7 | mlp | binarynet | resnet_sgdat | reactnet_a | bcdnet
+    arch: str = field(metadata=registry("models"))
+    # fp | binary: precision of every weight layer (see the *_fp and ternary_* keys)
+    weights: str = field(default="binary", metadata=one_of("fp", "binary"))
+    # relu | binary
+    activations: str = field(default="binary", metadata=one_of("relu", "binary"))
+    # STE of quantized activations: vanilla | bnn | bireal | swish
+    estimator: str = field(default="bnn", metadata=registry("estimators"))
     swish_beta: float = 10.0
-    sign_rule: str = "zero_positive"  # binary weights and activations, lenet5 and vggnet7 only: zero_positive
-                                # (sign(0) = +1) | round_half_even (the RWTH code's: -1 on [0, 2^-24])
-    layer_order: str = "CPBA"   # CBAP: conv-BN-act-pool, CPBA: conv-pool-BN-act (RWTH's binary preset)
+    # binary weights and activations, lenet5 and vggnet7 only: zero_positive (sign(0) = +1) | round_half_even (the RWTH
+    # code's: -1 on [0, 2^-24])
+    sign_rule: str = field(default="zero_positive", metadata=registry("sign_rules"))
+    # CBAP: conv-BN-act-pool, CPBA: conv-pool-BN-act (RWTH's binary preset)
+    layer_order: str = field(default="CPBA", metadata=one_of("CBAP", "CPBA"))
     bias: bool = False          # biases on quantized layers (full-precision layers always have one)
     batchnorm: bool = True
-    width: float = 1.0          # channel multiplier (RWTH width_infl for LeNet5, width_scale for VGGNet7)
+    # channel multiplier (RWTH width_infl for LeNet5, width_scale for VGGNet7)
+    width: float = field(default=1.0, metadata=POSITIVE)
     first_layer_fp: bool = False
     last_layer_fp: bool = False
     ternary_weights: str = ""   # one digit per weight layer, 1 = ternary weights (RWTH tern_weights); "" = none
     ternary_acts: str = ""      # one digit per quantized activation, 1 = ternary (RWTH tern_acts); "" = none
-    padding: str = "rwth"       # VGGNet7 only. rwth: valid conv1, replicate SAME conv2-6 (32 -> 3x3 before fc1);
-                                # same_zeros: every conv 3x3 SAME with zeros (Courbariaux / Anderson & Berg; 32 -> 4x4)
+    # VGGNet7 only. rwth: valid conv1, replicate SAME conv2-6 (32 -> 3x3 before fc1); same_zeros: every conv 3x3 SAME
+    # with zeros (Courbariaux / Anderson & Berg; 32 -> 4x4)
+    padding: str = field(default="rwth", metadata=one_of("rwth", "same_zeros"))
     bn_scale: bool = True       # false: BatchNorm with a learned shift beta but no scale gamma (TF's scale=False)
     last_bn_shift: bool = False # the output BatchNorm learns a shift beta (Anderson & Berg); RWTH's has neither
     depth: int = 4              # MLP only: number of Linear layers (4 = three hidden + output)
     hidden: int = 1024          # MLP only: width of the hidden layers
     bn_affine: bool = False     # MLP only: hidden BatchNorms learn scale and shift (BWS --affine)
     bn_out: bool = True         # MLP only: BatchNorm (affine=False) on the logits (BWS --batch_norm_out)
-    xnor_scale: str = "none"    # reactnet_a, bcdnet: binary conv weights times alpha = mean|W|: none (BinSFO's
-                                # default) | tensor (BinSFO --xnor) | channel (AdamBNN / BCDNet as trained)
-    pretrained: str = ""        # reactnet_a, bcdnet: official checkpoint loaded before training (a key of
-                                # bnnrepro.models.pretrained.OFFICIAL_CHECKPOINTS: adambnn | bcdnet); "" = none
+    # reactnet_a, bcdnet: binary conv weights times alpha = mean|W|: none (BinSFO's default) | tensor (BinSFO --xnor) |
+    # channel (AdamBNN / BCDNet as trained)
+    xnor_scale: str = field(default="none", metadata=registry("weight_scales"))
+    # reactnet_a, bcdnet: official checkpoint loaded before training (a key of
+    # bnnrepro.models.pretrained.OFFICIAL_CHECKPOINTS: adambnn | bcdnet); "" = none
+    pretrained: str = field(default="", metadata=registry("official_checkpoints"))
 
     def describe(self) -> str:
         """Short name of the method for tables: 'float' or the binarization scheme."""
@@ -76,20 +100,26 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str                      # prepared dataset name: digits | mnist | fashion-mnist | cifar10 | ...
-    batch_size: int
-    val_size: int = 0                 # the last N training images are held out for validation (0: none)
-    eval_batch_size: int = 1000
-    mean: list[float] = field(default_factory=lambda: [0.0])  # per channel, applied after scaling to [0, 1]
+    # prepared dataset name: digits | mnist | fashion-mnist | cifar10 | ...
+    dataset: str = field(metadata=registry("datasets"))
+    batch_size: int = field(metadata=POSITIVE)
+    # the last N training images are held out for validation (0: none)
+    val_size: int = field(default=0, metadata=NON_NEGATIVE)
+    eval_batch_size: int = field(default=1000, metadata=POSITIVE)
+    # per channel, applied after scaling to [0, 1]
+    mean: list[float] = field(default_factory=lambda: [0.0])
     std: list[float] = field(default_factory=lambda: [1.0])
     flip: bool = False                # random horizontal flip (training batches)
-    crop_padding: int = 0             # random crop after padding by this many pixels (training batches)
-    pad_mode: str = "constant"        # constant (zeros) | replicate (edge)
+    # random crop after padding by this many pixels (training batches)
+    crop_padding: int = field(default=0, metadata=NON_NEGATIVE)
+    # constant (zeros) | replicate (edge)
+    pad_mode: str = field(default="constant", metadata=one_of("constant", "replicate"))
     augment_val: bool = False         # RWTH validates on augmented images (docs/rwth.md#augmented-validation)
-    resize: int = 0                   # resize every image to resize x resize first, bilinear (BinSFO: MNIST
-                                      # at 64 x 64); 0: native size
-    order: str = "per_epoch"          # training order: per_epoch (a new shuffle every epoch) | fixed (one shuffle,
-                                      # reused every epoch: BinSFO's code never sets its sampler's epoch)
+    # resize every image to resize x resize first, bilinear (BinSFO: MNIST at 64 x 64); 0: native size
+    resize: int = field(default=0, metadata=NON_NEGATIVE)
+    # training order: per_epoch (a new shuffle every epoch) | fixed (one shuffle, reused every epoch: BinSFO's code
+    # never sets its sampler's epoch)
+    order: str = field(default="per_epoch", metadata=registry("orders"))
 
 
 @dataclass(frozen=True)
@@ -99,23 +129,31 @@ class OptimConfig:
     the full-precision parameters (BatchNorm, biases, full-precision first/last layers), as the
     SGDAT code's bin_regime / fp_regime."""
 
-    name: str                         # a key of bnnrepro.optim.OPTIMIZERS: sgd | adam | bop | bop2ndorder | sgdat | ...
-    lr: float                         # step size; Bop's gamma; the flip optimizer's temperature scale
-    momentum: float = 0.0             # sgd only
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam only
-    weight_decay: float = 0.0         # L2 coefficient (coupled, in the optimizer) or of the `bin` regularizer
-    regularization: str = "l2"        # l2 | bin: sum over latent weights of (1 - w^2), pushes |w| -> 1
-    lr_milestones: list[int] = field(default_factory=list)  # 1-based epochs at whose start lr is decayed
+    # a key of bnnrepro.optim.OPTIMIZERS: sgd | adam | bop | bop2ndorder | sgdat | ...
+    name: str = field(metadata=registry("optimizers"))
+    # step size; Bop's gamma; the flip optimizer's temperature scale
+    lr: float = field(metadata=POSITIVE)
+    # sgd only
+    momentum: float = field(default=0.0, metadata=NON_NEGATIVE)
+    # adam only
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    # L2 coefficient (coupled, in the optimizer) or of the `bin` regularizer
+    weight_decay: float = field(default=0.0, metadata=NON_NEGATIVE)
+    # l2 | bin: sum over latent weights of (1 - w^2), pushes |w| -> 1
+    regularization: str = field(default="l2", metadata=registry("regularizations"))
+    # 1-based epochs at whose start lr is decayed
+    lr_milestones: list[int] = field(default_factory=list)
     lr_decay: list[float] = field(default_factory=list)     # factor applied at each milestone
     lr_exp_decay: float = 1.0         # lr multiplied by this at the start of every epoch after the first
     grad_clip: float = 0.0            # clip every gradient element to [-c, c] before the step (0: never)
-    args: dict[str, Any] = field(default_factory=dict)  # the optimizer's own keyword arguments (e.g. Bop's
-                                      # threshold), checked against its constructor
+    # the optimizer's own keyword arguments (e.g. Bop's threshold), checked against its constructor
+    args: dict[str, Any] = field(default_factory=dict)
     reset_each_epoch: bool = False    # forget the optimizer state at every epoch start: the SGDAT / BinaryNet
                                       # codes rebuild their optimizers each epoch (docs/sgdat.md#per-epoch-optimizer-rebuild)
-    lr_cosine_epochs: int = 0         # cosine annealing to 0 over this many epochs, stepped at each epoch start
-                                      # as BinSFO's CosineAnnealingLR (0: off)
-    lr_batch_reference: int = 0       # lr *= sqrt(batch_size / reference): BinSFO's rule with reference 96 (0: off)
+    # cosine annealing to 0 over this many epochs, stepped at each epoch start as BinSFO's CosineAnnealingLR (0: off)
+    lr_cosine_epochs: int = field(default=0, metadata=NON_NEGATIVE)
+    # lr *= sqrt(batch_size / reference): BinSFO's rule with reference 96 (0: off)
+    lr_batch_reference: int = field(default=0, metadata=NON_NEGATIVE)
     lr_batch_per_step: bool = False   # with lr_batch_reference: the factor comes from each step's actual batch, so
                                       # an epoch's short last batch gets a smaller one (BinSFO's code); false: from
                                       # data.batch_size, once per epoch
@@ -123,19 +161,24 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int
+    epochs: int = field(metadata=POSITIVE)
     seed: int = 1
-    loss: str = "cross_entropy"       # cross_entropy | squared_hinge
-    clip_latent: float = 1.0          # clip latent weights to [-c, c] after each step (0: never)
+    # cross_entropy | squared_hinge
+    loss: str = field(default="cross_entropy", metadata=registry("losses"))
+    # clip latent weights to [-c, c] after each step (0: never)
+    clip_latent: float = field(default=1.0, metadata=NON_NEGATIVE)
     deterministic: bool = True        # deterministic kernels (cuDNN/cuBLAS) on GPU
     pack_weights: bool = False        # binary-weight optimizers: keep the weights as sign bits (8 per byte)
                                       # between steps, float +-1 only during forward/backward/step
-    latent_init: str = "model"        # model: the layers' own init | zero: every latent weight starts at 0, as
-                                      # the SGDAT code (docs/sgdat.md#zero-latent-init)
-    tie_break: str = "topk"           # how accuracy ranks exactly tied logits: topk (torch.topk's order) |
-                                      # first_max (lowest class index first: torch.max(1), the RWTH code's)
-    max_steps: int = 0                # stop every epoch after this many training steps (0: the whole epoch): short
-                                      # checks of a recipe's speed and determinism (python -m bnnrepro.gpu_check)
+    # model: the layers' own init | zero: every latent weight starts at 0, as the SGDAT code (docs/sgdat.md#zero-latent-
+    # init)
+    latent_init: str = field(default="model", metadata=one_of("model", "zero"))
+    # how accuracy ranks exactly tied logits: topk (torch.topk's order) | first_max (lowest class index first:
+    # torch.max(1), the RWTH code's)
+    tie_break: str = field(default="topk", metadata=registry("tie_breaks"))
+    # stop every epoch after this many training steps (0: the whole epoch): short checks of a recipe's speed and
+    # determinism (python -m bnnrepro.gpu_check)
+    max_steps: int = field(default=0, metadata=NON_NEGATIVE)
 
 
 @dataclass(frozen=True)
@@ -165,19 +208,37 @@ class ExperimentConfig:
         """Identifies a training run: everything that changes the weights after a given epoch.
 
         train.epochs is left out: no schedule depends on the total, so a checkpoint after epoch k
-        continues any run of the same config, and a run can be extended or stopped early.
-        Keys added after the first runs (DIGEST_OMITS_DEFAULT) count only when they differ from
-        their default, so every config written before them keeps its digest and its checkpoints."""
-        d = {k: v for k, v in self.to_dict().items() if k in ("data", "model", "optim", "train", "optim_fp")}
-        if d["optim_fp"] is None:
-            del d["optim_fp"]
-        d["train"] = {k: v for k, v in d["train"].items() if k != "epochs"}
-        for section, keys in DIGEST_OMITS_DEFAULT.items():
-            defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
-                        for f in dataclasses.fields(SECTIONS[section]) if f.name in keys}
-            for name in (s for s in (section, f"{section}_fp") if d.get(s) is not None):
-                d[name] = {k: v for k, v in d[name].items() if not (k in keys and v == defaults[k])}
+        continues any run of the same config, and a run can be extended or stopped early. Every value
+        equal to its field's default is left out too, so a key added later, with a default that keeps the
+        old behaviour, keeps every existing digest and checkpoint."""
+        d = {name: _non_default(getattr(self, name)) for name in ("data", "model", "optim", "train", "optim_fp")
+             if getattr(self, name) is not None}
+        d["train"].pop("epochs", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str) -> ExperimentConfig:
+        """A config from its dict form (ExperimentConfig.to_dict(), e.g. a model's metadata.json), checked as a
+        config file is: keys, types and values; `source` names it in errors."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: config: expected a mapping, got {type(d).__name__}")
+        for name in SECTIONS:
+            if name not in d:
+                raise ConfigError(f"{source}: config: missing section '{name}' - the file is damaged")
+        sections = _sections(d, source)
+        check_values(sections, source)
+        top = {k: d[k] for k in ("name", "paper", "description", "reported", "profiles", "recipe") if k in d}
+        return _build(cls, {**top, **sections}, source)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _non_default(section: Any) -> dict[str, Any]:
+    """A config section's values that differ from their defaults (a required key always counts)."""
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)
+            if getattr(section, f.name) != _default(f)}
 
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:
@@ -218,14 +279,15 @@ def _build(cls, values: Any, where: str):
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
 
-# Keys added after runs had been checkpointed: left out of the digest while they hold their default.
-DIGEST_OMITS_DEFAULT = {"data": ("resize", "order"),
-                        "model": ("padding", "bn_scale", "last_bn_shift", "depth", "hidden", "bn_affine", "bn_out",
-                                  "xnor_scale", "pretrained", "sign_rule"),
-                        "optim": ("lr_exp_decay", "grad_clip", "args", "reset_each_epoch", "lr_cosine_epochs",
-                                  "lr_batch_reference", "lr_batch_per_step"),
-                        "train": ("latent_init", "pack_weights", "tie_break", "max_steps")}
 OPTIONAL_SECTIONS = {"optim_fp": OptimConfig}
+
+
+def _sections(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """The config's sections (data, model, optim, train and, when given, optim_fp), each built and type-checked."""
+    sections = {name: _build(cls, raw.get(name), f"{where}: {name}") for name, cls in SECTIONS.items()}
+    sections.update({name: _build(cls, raw[name], f"{where}: {name}")
+                     for name, cls in OPTIONAL_SECTIONS.items() if raw.get(name) is not None})
+    return sections
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -299,20 +361,19 @@ def load_experiment(path: str | os.PathLike, overrides: dict[str, Any] | None = 
         raw = apply_overrides(raw, profile_overrides, f"{path} (profile {profile})")
     raw = apply_overrides(raw, overrides or {}, f"{path} (command line)")
     where = f"{path} (recipe {recipe})" if recipe is not None else str(path)  # a bad key may come from either
-    sections = {name: _build(cls, raw.get(name), f"{where}: {name}") for name, cls in SECTIONS.items()}
-    sections.update({name: _build(cls, raw[name], f"{where}: {name}")
-                     for name, cls in OPTIONAL_SECTIONS.items() if raw.get(name) is not None})
+    sections = _sections(raw, where)
     if check_registries:
-        _check_values(sections, where)
+        check_values(sections, where)
     if recipe is not None:  # the paper's numbers for this recipe on this dataset (none: our own experiment)
         raw["reported"] = chosen["reported"].get(sections["data"].dataset, {})
     top = {k: raw[k] for k in ("paper", "description", "reported", "profiles", "recipe") if k in raw}
     return _build(ExperimentConfig, {"name": path.stem, **top, **sections}, str(path))
 
 
-def allowed_values() -> dict[str, tuple]:
-    """The names a config may use, taken from the registries themselves (imported here, not at the
-    top, because those modules import this one)."""
+def _registries() -> dict[str, tuple]:
+    """The names each registry holds, taken from the registries themselves (imported here, not at the top,
+    because those modules import this one)."""
+    from bnnrepro.data.batches import ORDERS
     from bnnrepro.data.sources import SOURCES
     from bnnrepro.engine.losses import LOSSES
     from bnnrepro.engine.train import TIE_BREAKS
@@ -321,42 +382,28 @@ def allowed_values() -> dict[str, tuple]:
     from bnnrepro.nn.quantizers import ESTIMATORS, SIGN_RULES, WEIGHT_SCALES
     from bnnrepro.optim import OPTIMIZERS, REGULARIZATIONS
 
-    from bnnrepro.data.batches import ORDERS
-
-    return {"data.dataset": tuple(sorted(SOURCES)), "data.pad_mode": ("constant", "replicate"), "data.order": ORDERS,
-            "model.arch": tuple(sorted(MODELS)), "model.weights": ("fp", "binary"),
-            "model.activations": ("relu", "binary"), "model.estimator": tuple(ESTIMATORS),
-            "model.sign_rule": tuple(SIGN_RULES),
-            "model.layer_order": ("CBAP", "CPBA"), "model.padding": ("rwth", "same_zeros"),
-            "model.xnor_scale": WEIGHT_SCALES, "model.pretrained": ("", *sorted(OFFICIAL_CHECKPOINTS)),
-            "optim.name": tuple(OPTIMIZERS), "optim.regularization": REGULARIZATIONS, "train.loss": LOSSES,
-            "train.latent_init": ("model", "zero"), "train.tie_break": TIE_BREAKS}
+    return {"datasets": tuple(sorted(SOURCES)), "orders": tuple(ORDERS), "models": tuple(sorted(MODELS)),
+            "estimators": tuple(ESTIMATORS), "sign_rules": tuple(SIGN_RULES), "weight_scales": tuple(WEIGHT_SCALES),
+            "official_checkpoints": ("", *sorted(OFFICIAL_CHECKPOINTS)), "optimizers": tuple(OPTIMIZERS),
+            "regularizations": tuple(REGULARIZATIONS), "losses": tuple(LOSSES), "tie_breaks": tuple(TIE_BREAKS)}
 
 
-POSITIVE = ("data.batch_size", "data.eval_batch_size", "optim.lr", "train.epochs", "model.width")
-NON_NEGATIVE = ("data.val_size", "data.crop_padding", "data.resize", "optim.momentum", "optim.weight_decay", "train.clip_latent",
-                "optim.lr_cosine_epochs", "optim.lr_batch_reference", "train.max_steps")
-
-
-def _check_values(sections: dict[str, Any], path: Path | str) -> None:
-    """Names must be registered and sizes in range; the error names the file, the key and what is allowed."""
+def check_values(sections: dict[str, Any], path: Path | str) -> None:
+    """Every field's constraint (its metadata: a range, a set of names or a registry's names) and the optimizers'
+    own arguments; the error names the file, the key and what is allowed."""
     from bnnrepro.optim import check_optimizer_args
 
-    # optim_fp takes the same checks as optim
-    checks = [(key, key) for key in (*allowed_values(), *POSITIVE, *NON_NEGATIVE)]
-    checks += [(key.replace("optim.", "optim_fp.", 1), key) for key, _ in checks if key.startswith("optim.")]
-    allowed = allowed_values()
-    for shown, rule in checks:
-        section, name = shown.split(".")
-        if section not in sections:
-            continue
-        value = getattr(sections[section], name)
-        if rule in allowed and value not in allowed[rule]:
-            raise ConfigError(f"{path}: {shown} = {value!r} is not one of {list(allowed[rule])} - use one of them")
-        if rule in POSITIVE and not value > 0:
-            raise ConfigError(f"{path}: {shown} must be > 0, got {value!r} - give a positive value")
-        if rule in NON_NEGATIVE and value < 0:
-            raise ConfigError(f"{path}: {shown} must be >= 0, got {value!r} - give a value >= 0")
+    registries = _registries()
+    for section_name, section in sections.items():
+        for f in dataclasses.fields(section):
+            value, shown = getattr(section, f.name), f"{section_name}.{f.name}"
+            names = f.metadata.get("one_of") or registries.get(f.metadata.get("registry"))
+            if names is not None and value not in names:
+                raise ConfigError(f"{path}: {shown} = {value!r} is not one of {list(names)} - use one of them")
+            if f.metadata.get("range") == "> 0" and not value > 0:
+                raise ConfigError(f"{path}: {shown} must be > 0, got {value!r} - give a positive value")
+            if f.metadata.get("range") == ">= 0" and value < 0:
+                raise ConfigError(f"{path}: {shown} must be >= 0, got {value!r} - give a value >= 0")
     for section in ("optim", "optim_fp"):
         if section in sections:
             try:

@@ -20,7 +20,7 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import save as save_safetensors
 
-from bnnrepro.config import OPTIONAL_SECTIONS, SECTIONS, ConfigError, ExperimentConfig, _build, _check_values
+from bnnrepro.config import ExperimentConfig
 from bnnrepro.errors import BadFileError, InputError, MissingFileError, one_line
 from bnnrepro.io import atomic_write, write_json
 from bnnrepro.models import build_model
@@ -66,21 +66,6 @@ def save_model(model: nn.Module, out_dir: str | os.PathLike, config: ExperimentC
     write_json(out_dir / "metadata.json",
                {"format": fmt, "input": input_spec, "config": config.to_dict(), **(metadata or {})})
     return out_dir
-
-
-def config_from_dict(d: dict[str, Any], source: str = "metadata.json") -> ExperimentConfig:
-    """The ExperimentConfig a metadata.json records, checked as a config file is."""
-    if not isinstance(d, dict):
-        raise ConfigError(f"{source}: config: expected a mapping, got {type(d).__name__}")
-    for name in SECTIONS:
-        if name not in d:
-            raise ConfigError(f"{source}: config: missing section '{name}' - the file is damaged; export the model again")
-    sections = {name: _build(cls, d[name], f"{source}: {name}") for name, cls in SECTIONS.items()}
-    sections.update({name: _build(cls, d[name], f"{source}: {name}")
-                     for name, cls in OPTIONAL_SECTIONS.items() if d.get(name) is not None})
-    _check_values(sections, source)
-    top = {k: d[k] for k in ("name", "paper", "description", "reported", "profiles", "recipe") if k in d}
-    return _build(ExperimentConfig, {**top, **sections}, source)
 
 
 MAX_METADATA_BYTES = 1 << 20  # a metadata.json is a few KB: config, provenance, results
@@ -166,7 +151,7 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu"
             raise MissingFileError(f"{model_dir}: not a bnnrepro model folder: '{p.name}' is missing - "
                                    "give a folder written by stages/train.py or stages/export_pretrained.py")
     metadata = read_metadata(meta_path)
-    config = config_from_dict(metadata["config"], str(meta_path))
+    config = ExperimentConfig.from_dict(metadata["config"], str(meta_path))
     dims = metadata["input"]
     try:
         with torch.device("meta"):

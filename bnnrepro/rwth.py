@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from bnnrepro.config import (MAX_CONFIG_BYTES, ConfigError, DataConfig, ExperimentConfig, OptimConfig, TrainConfig,
-                             _check_values, parse_yaml)
+                             check_values, parse_yaml)
 from bnnrepro.errors import BadFileError, MissingFileError
 from bnnrepro.io import torch_load
 from bnnrepro.models.common import ModelConfig
@@ -36,7 +36,7 @@ def config_from_params(params: dict[str, Any], name: str, source: str = "RWTH pa
         raise BadFileError(f"{source}: expected a mapping of settings - not an RWTH params.yml")
     try:
         cfg = _config_from_params(params, name)
-        _check_values({"data": cfg.data, "model": cfg.model, "optim": cfg.optim, "train": cfg.train}, source)
+        check_values({"data": cfg.data, "model": cfg.model, "optim": cfg.optim, "train": cfg.train}, source)
     except ConfigError as e:
         raise BadFileError(f"{e} - not a params.yml of the RWTH code") from None
     except (TypeError, ValueError) as e:

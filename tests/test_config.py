@@ -167,6 +167,30 @@ def test_digest_tracks_training_relevant_keys_only(tmp_path):
     assert load_experiment(explicit).digest() == base
 
 
+def test_every_key_counts_in_the_digest_only_away_from_its_default():
+    """No hand-kept list: a key written at its default gives the same run as leaving it out (so a key added later
+    keeps every checkpoint resuming), and another value gives another run."""
+    import dataclasses
+
+    from bnnrepro.config import SECTIONS
+
+    cfg = load_experiment(MNIST)
+    base = cfg.digest()
+    checked = 0
+    for section, cls in SECTIONS.items():
+        values = getattr(cfg, section)
+        for f in dataclasses.fields(cls):
+            if f.default is dataclasses.MISSING or f.name == "epochs" or getattr(values, f.name) != f.default:
+                continue
+            assert load_experiment(MNIST, {f"{section}.{f.name}": f.default}).digest() == base, f.name
+            other = (not f.default) if isinstance(f.default, bool) else (
+                f.default + 1 if isinstance(f.default, (int, float)) else f.default + "x")
+            changed = dataclasses.replace(cfg, **{section: dataclasses.replace(values, **{f.name: other})})
+            assert changed.digest() != base, f"{section}.{f.name}"
+            checked += 1
+    assert checked > 30
+
+
 def test_digest_leaves_out_epochs():
     """By design (see ExperimentConfig.digest): no schedule depends on the total, so a run can be
     extended or stopped early and its checkpoints still match."""
@@ -257,3 +281,13 @@ def test_sign_rule_is_checked_and_only_the_rwth_models_take_it():
                           {"model.sign_rule": "round_half_even"})
     with pytest.raises(ValueError, match="sign_rule"):  # not silently ignored by a model without the option
         build_model(mlp.model, 1, 10, 28)
+
+
+def test_the_config_module_is_a_leaf():
+    """Importing it loads no optimizer, model or torch: the registries are consulted only when a config is checked."""
+    import subprocess
+    import sys
+
+    code = "import sys, bnnrepro.config; print(' '.join(sorted(m for m in sys.modules if m.startswith(('bnnrepro', 'torch')))))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert set(loaded) <= {"bnnrepro", "bnnrepro.config", "bnnrepro.errors", "bnnrepro.plain_yaml"}, loaded
