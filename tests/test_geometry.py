@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from bnnrepro.analysis import geometry as g
+from bnnrepro.analysis import geometry_theory as theory
 from bnnrepro.analysis.geometry_report import HDParams, analyse_model
 from bnnrepro.config import load_experiment
 from bnnrepro.data.prepared import write_prepared
@@ -32,13 +33,13 @@ LENET_INPUT = {"channels": 1, "image_size": 28, "num_classes": 10}
 # ---------------------------------------------------------------------- acceptance (the issue)
 
 def test_limit_angle_is_37_07_degrees():
-    assert g.degrees(g.BINARY_LIMIT_RAD) == pytest.approx(37.0714, abs=1e-4)
-    assert g.SPREAD_CONSTANT_RAD == pytest.approx(0.352, abs=1e-3)
+    assert theory.degrees(theory.BINARY_LIMIT_RAD) == pytest.approx(37.0714, abs=1e-4)
+    assert theory.SPREAD_CONSTANT_RAD == pytest.approx(0.352, abs=1e-3)
 
 
 @pytest.fixture(scope="module")
-def mc_4608() -> g.AngleSamples:
-    return g.sign_angle_mc(4608, 4000, g.generator(0, "test", 4608))
+def mc_4608() -> theory.AngleSamples:
+    return theory.sign_angle_mc(4608, 4000, theory.generator(0, "test", 4608))
 
 
 def test_mc_mean_at_d4608_is_within_0_1_degree_of_37_07(mc_4608):
@@ -50,13 +51,13 @@ def test_mc_spread_times_sqrt_d_is_0_352(mc_4608):
 
 
 def test_ternary_angle_at_t_0_111_is_33_8_degrees():
-    assert g.degrees(g.ternary_angle_rad(0.111)) == pytest.approx(33.8, abs=0.2)
-    mc = g.ternary_angle_mc(1000, 2000, [0.111], g.generator(0, "test-ternary"))[0.111]
-    assert g.degrees(np.median(mc)) == pytest.approx(33.8, abs=0.2)
+    assert theory.degrees(theory.ternary_angle_rad(0.111)) == pytest.approx(33.8, abs=0.2)
+    mc = theory.ternary_angle_mc(1000, 2000, [0.111], theory.generator(0, "test-ternary"))[0.111]
+    assert theory.degrees(np.median(mc)) == pytest.approx(33.8, abs=0.2)
 
 
 def test_gaussian_weights_isotropic_inputs_correlation_is_0_80():
-    iso = g.isotropic_dot_products(1000, 5000, g.generator(0, "test-isotropic"))
+    iso = theory.isotropic_dot_products(1000, 5000, theory.generator(0, "test-isotropic"))
     assert iso["r"] == pytest.approx(0.80, abs=0.02)
     assert iso["r"] == pytest.approx(iso["cos_angle"], abs=0.02)  # the property itself
     assert iso["slope"] == pytest.approx(iso["mean_abs_w"], rel=0.05)  # slope = mean|w|
@@ -66,16 +67,16 @@ def test_gaussian_weights_isotropic_inputs_correlation_is_0_80():
 
 def test_angle_of_a_vector_with_itself_is_zero_and_batched():
     v = torch.randn(7, 50, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(g.angle(v, v), torch.zeros(7, dtype=torch.float64), atol=1e-6)
-    assert torch.allclose(g.angle(v, 3 * v), torch.zeros(7, dtype=torch.float64), atol=1e-6)  # scale-free
-    assert torch.allclose(g.angle(v, -v), torch.full((7,), math.pi, dtype=torch.float64))
+    assert torch.allclose(theory.angle(v, v), torch.zeros(7, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(theory.angle(v, 3 * v), torch.zeros(7, dtype=torch.float64), atol=1e-6)  # scale-free
+    assert torch.allclose(theory.angle(v, -v), torch.full((7,), math.pi, dtype=torch.float64))
     e = torch.eye(3)
-    assert g.angle(e[0], e[1]).item() == pytest.approx(math.pi / 2)
-    assert torch.isnan(g.angle(torch.zeros(4), torch.ones(4)))  # an all-zero ternary filter has no angle
+    assert theory.angle(e[0], e[1]).item() == pytest.approx(math.pi / 2)
+    assert torch.isnan(theory.angle(torch.zeros(4), torch.ones(4)))  # an all-zero ternary filter has no angle
 
 
 def test_small_d_is_biased_low_and_random_pairs_are_orthogonal():
-    s = g.sign_angle_mc(9, 4000, g.generator(0, "test", 9)).summary()
+    s = theory.sign_angle_mc(9, 4000, theory.generator(0, "test", 9)).summary()
     assert 33.5 < s["mean_deg"] < 35.0  # 34.35 deg at d = 9 (1e6 draws)
     assert s["random_pair_mean_deg"] == pytest.approx(90, abs=1.5)
     assert s["random_pair_sd_sqrt_d_rad"] == pytest.approx(1.0, abs=0.1)
@@ -83,29 +84,29 @@ def test_small_d_is_biased_low_and_random_pairs_are_orthogonal():
 
 def test_ternary_closed_form_matches_monte_carlo():
     thresholds = [0.0, 0.2, 0.5, 1.0]
-    mc = g.ternary_angle_mc(2000, 500, thresholds, g.generator(0, "test-ternary-curve"))
+    mc = theory.ternary_angle_mc(2000, 500, thresholds, theory.generator(0, "test-ternary-curve"))
     for t in thresholds:
-        assert g.degrees(np.mean(mc[t])) == pytest.approx(g.degrees(g.ternary_angle_rad(t)), abs=0.3), t
-    assert g.degrees(g.ternary_angle_rad(0.0)) == pytest.approx(LIMIT_DEG)  # t = 0 is binarization
-    assert g.ternary_zero_fraction(0.111) == pytest.approx(0.0884, abs=1e-3)
-    t_opt, angle_opt = g.ternary_optimum()
-    assert t_opt == pytest.approx(0.612, abs=2e-3) and g.degrees(angle_opt) == pytest.approx(25.85, abs=0.02)
+        assert theory.degrees(np.mean(mc[t])) == pytest.approx(theory.degrees(theory.ternary_angle_rad(t)), abs=0.3), t
+    assert theory.degrees(theory.ternary_angle_rad(0.0)) == pytest.approx(LIMIT_DEG)  # t = 0 is binarization
+    assert theory.ternary_zero_fraction(0.111) == pytest.approx(0.0884, abs=1e-3)
+    t_opt, angle_opt = theory.ternary_optimum()
+    assert t_opt == pytest.approx(0.612, abs=2e-3) and theory.degrees(angle_opt) == pytest.approx(25.85, abs=0.02)
 
 
 def test_random_rotation_restores_37_degrees_for_correlated_inputs():
     d = 200
-    rot = g.haar_rotation(d, g.generator(0, "test-rotation"))
+    rot = theory.haar_rotation(d, theory.generator(0, "test-rotation"))
     assert torch.allclose(rot @ rot.T, torch.eye(d, dtype=torch.float64), atol=1e-10)
-    plain = g.anisotropic_sign_angle_mc(d, 500, 0.1, g.generator(0, "test-anisotropic"))
-    rotated = g.anisotropic_sign_angle_mc(d, 500, 0.1, g.generator(0, "test-anisotropic"), rot)
-    assert g.degrees(plain.mean()) > 60  # a few huge coordinates dominate: sign() loses the direction
-    assert g.degrees(rotated.mean()) == pytest.approx(LIMIT_DEG, abs=0.5)
+    plain = theory.anisotropic_sign_angle_mc(d, 500, 0.1, theory.generator(0, "test-anisotropic"))
+    rotated = theory.anisotropic_sign_angle_mc(d, 500, 0.1, theory.generator(0, "test-anisotropic"), rot)
+    assert theory.degrees(plain.mean()) > 60  # a few huge coordinates dominate: sign() loses the direction
+    assert theory.degrees(rotated.mean()) == pytest.approx(LIMIT_DEG, abs=0.5)
 
 
 def test_generators_are_reproducible_and_independent():
-    a = g.sign_angle_mc(27, 100, g.generator(3, "x", 27)).binarized
-    assert np.array_equal(a, g.sign_angle_mc(27, 100, g.generator(3, "x", 27)).binarized)
-    assert not np.array_equal(a, g.sign_angle_mc(27, 100, g.generator(3, "y", 27)).binarized)
+    a = theory.sign_angle_mc(27, 100, theory.generator(3, "x", 27)).binarized
+    assert np.array_equal(a, theory.sign_angle_mc(27, 100, theory.generator(3, "x", 27)).binarized)
+    assert not np.array_equal(a, theory.sign_angle_mc(27, 100, theory.generator(3, "y", 27)).binarized)
 
 
 @pytest.mark.parametrize("padding, stride", [(0, 1), (2, 1), (1, 2), ("same_replicate", 1), ("same_replicate", 2)])
@@ -113,22 +114,22 @@ def test_sampled_outputs_are_the_layer_outputs(padding, stride):
     torch.manual_seed(0)
     conv = QuantConv2d(3, 5, 3, stride=stride, padding=padding, bias=False, precision="binary")
     x = torch.randn(4, 3, 9, 9)
-    at = g.sample_outputs(conv, g.padded_input(conv, x).shape, 300, g.generator(0, "test"))
+    at = g.sample_outputs(conv, g.padded_input(conv, x).shape, 300, theory.generator(0, "test"))
     (got,) = g.sampled_outputs(conv, x, at, g.quantized_weight(conv))
     expected = conv(x).detach()[at.image, at.channel, at.row, at.col].double().numpy()
     np.testing.assert_allclose(got, expected, atol=1e-5)
     linear = QuantLinear(20, 6, bias=False, precision="binary")
     x = torch.randn(8, 20)
-    at = g.sample_outputs(linear, x.shape, 100, g.generator(0, "test-linear"))
+    at = g.sample_outputs(linear, x.shape, 100, theory.generator(0, "test-linear"))
     (got,) = g.sampled_outputs(linear, x, at, g.quantized_weight(linear))
     np.testing.assert_allclose(got, linear(x).detach()[at.image, at.channel].double().numpy(), atol=1e-5)
 
 
 def test_pearson_and_slope():
     x = np.arange(10.0)
-    assert g.pearson_and_slope(x, 3 * x + 1) == pytest.approx((1.0, 3.0))
-    assert g.pearson_and_slope(x, -x) == pytest.approx((-1.0, -1.0))
-    assert all(math.isnan(v) for v in g.pearson_and_slope(x, np.ones(10)))
+    assert theory.pearson_and_slope(x, 3 * x + 1) == pytest.approx((1.0, 3.0))
+    assert theory.pearson_and_slope(x, -x) == pytest.approx((-1.0, -1.0))
+    assert all(math.isnan(v) for v in theory.pearson_and_slope(x, np.ones(10)))
 
 
 # ------------------------------------------------------------------------------ trained networks

@@ -1,2 +1,3 @@
 """Analyses of networks: memory and compute profile (profile.py), optimizer training state
-(training_state.py), and the high-dimensional geometry of binarization (geometry.py, geometry_plots.py)."""
+(training_state.py), and the high-dimensional geometry of binarization: its theory (geometry_theory.py), its
+measurement in trained networks (geometry.py), their figures and report (geometry_plots.py, geometry_report.py)."""

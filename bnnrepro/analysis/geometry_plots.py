@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from bnnrepro.analysis import geometry as g
+from bnnrepro.analysis import geometry_theory as theory
 from bnnrepro.report.plots import save  # selects the Agg backend; deterministic PNG bytes
 
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 from matplotlib.colors import LogNorm  # noqa: E402
 
-LIMIT_DEG = g.degrees(g.BINARY_LIMIT_RAD)
+LIMIT_DEG = theory.degrees(theory.BINARY_LIMIT_RAD)
 LIMIT_STYLE = dict(color="k", ls="--", lw=1)
 LIMIT_LABEL = rf"$\arccos\sqrt{{2/\pi}}$ = {LIMIT_DEG:.2f}°"
 
@@ -53,14 +54,14 @@ def kde(samples: np.ndarray, grid: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------- theory
 
 
-def plot_sign_angle_distributions(sign: dict[int, g.AngleSamples], out: Path) -> None:
+def plot_sign_angle_distributions(sign: dict[int, theory.AngleSamples], out: Path) -> None:
     """ctns_rand_bin: angle(x, sign x) against the angle between two random vectors, one panel per d."""
     fig, axes = _grid(len(sign), cols=min(5, len(sign)))
     for i, (ax, (d, s)) in enumerate(zip(axes, sign.items())):
         ax.axvline(LIMIT_DEG, color="0.4", ls="--", lw=0.8, zorder=0, label=LIMIT_LABEL)
-        ax.hist(g.degrees(s.random_pair), bins=_bins(g.degrees(s.random_pair)), density=True, color="C0",
+        ax.hist(theory.degrees(s.random_pair), bins=_bins(theory.degrees(s.random_pair)), density=True, color="C0",
                 histtype="stepfilled", alpha=0.7, label=r"$\angle(u, v)$, independent")
-        binarized = g.degrees(s.binarized)
+        binarized = theory.degrees(s.binarized)
         ax.hist(binarized, bins=_bins(binarized), density=True, color="C3", histtype="stepfilled", alpha=0.7,
                 label=r"$\angle(u, \mathrm{sign}\,u)$")
         ax.text(0.98, 0.97, f"sign: {binarized.mean():.2f}° ± {binarized.std():.2f}°", transform=ax.transAxes,
@@ -75,11 +76,11 @@ def plot_sign_angle_distributions(sign: dict[int, g.AngleSamples], out: Path) ->
     save(fig, out)
 
 
-def plot_spread_vs_d(sign: dict[int, g.AngleSamples], out: Path) -> None:
+def plot_spread_vs_d(sign: dict[int, theory.AngleSamples], out: Path) -> None:
     """Mean angle vs d, and log d vs log sd with the 0.352/sqrt(d) and 1/sqrt(d) lines."""
     dims = np.array(list(sign))
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    left.plot(dims, [g.degrees(s.binarized.mean()) for s in sign.values()], "o-", color="C3",
+    left.plot(dims, [theory.degrees(s.binarized.mean()) for s in sign.values()], "o-", color="C3",
               label="Monte Carlo mean")
     left.axhline(LIMIT_DEG, **LIMIT_STYLE, label=LIMIT_LABEL)
     left.set(xscale="log", xlabel="dimension d", ylabel=r"mean $\angle(u, \mathrm{sign}\,u)$ (degrees)",
@@ -88,8 +89,8 @@ def plot_spread_vs_d(sign: dict[int, g.AngleSamples], out: Path) -> None:
     d_line = np.geomspace(dims.min() / 1.5, dims.max() * 1.5, 50)
     right.loglog(dims, [s.binarized.std() for s in sign.values()], "o", color="C3",
                  label=r"sd $\angle(u, \mathrm{sign}\,u)$ (Monte Carlo)")
-    right.loglog(d_line, g.SPREAD_CONSTANT_RAD / np.sqrt(d_line), color="C3", lw=1,
-                 label=rf"{g.SPREAD_CONSTANT_RAD:.3f}/$\sqrt{{d}}$ (delta method)")
+    right.loglog(d_line, theory.SPREAD_CONSTANT_RAD / np.sqrt(d_line), color="C3", lw=1,
+                 label=rf"{theory.SPREAD_CONSTANT_RAD:.3f}/$\sqrt{{d}}$ (delta method)")
     right.loglog(dims, [s.random_pair.std() for s in sign.values()], "s", color="C0",
                  label=r"sd $\angle(u, v)$, independent")
     right.loglog(d_line, 1 / np.sqrt(d_line), color="C0", lw=1, label=r"1/$\sqrt{d}$")
@@ -102,29 +103,29 @@ def plot_spread_vs_d(sign: dict[int, g.AngleSamples], out: Path) -> None:
 
 def plot_ternary(ternary: dict[float, np.ndarray], d: int, out: Path) -> None:
     """peak_angle_vs_threshold_tern and ternary_angle_dist: closed form, Monte Carlo medians, zero fraction."""
-    t_opt, angle_opt = g.ternary_optimum()
+    t_opt, angle_opt = theory.ternary_optimum()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4), layout="constrained")
     fig.get_layout_engine().set(wspace=0.08)
     ts = np.linspace(0, 1.5, 301)
-    left.plot(ts, [g.degrees(g.ternary_angle_rad(t)) for t in ts], color="C2",
+    left.plot(ts, [theory.degrees(theory.ternary_angle_rad(t)) for t in ts], color="C2",
               label=r"closed form $\arccos(\sqrt{2}\,\varphi(t)/\sqrt{1-\Phi(t)})$")
-    left.plot(list(ternary), [g.degrees(np.nanmedian(a)) for a in ternary.values()], "o", color="k",
+    left.plot(list(ternary), [theory.degrees(np.nanmedian(a)) for a in ternary.values()], "o", color="k",
               label=f"Monte Carlo median, d = {d}")
-    left.plot([t_opt], [g.degrees(angle_opt)], "*", ms=12, color="C1",
-              label=f"optimum t* = {t_opt:.3f}: {g.degrees(angle_opt):.2f}°")
+    left.plot([t_opt], [theory.degrees(angle_opt)], "*", ms=12, color="C1",
+              label=f"optimum t* = {t_opt:.3f}: {theory.degrees(angle_opt):.2f}°")
     left.axhline(LIMIT_DEG, **LIMIT_STYLE, label=f"binary (t = 0): {LIMIT_DEG:.2f}°")
     left.set(xlabel="threshold t (units of the weight sd)", ylabel="angle to the ternarized vector (degrees)",
              ylim=(0, 45), title="Ternary angle vs threshold")
     zeros = left.twinx()
-    zeros.plot(ts, [g.ternary_zero_fraction(t) for t in ts], ":", color="0.4")
+    zeros.plot(ts, [theory.ternary_zero_fraction(t) for t in ts], ":", color="0.4")
     zeros.set(ylim=(0, 1), ylabel="fraction of zeros (dotted line)")
     left.legend(fontsize=8, loc="lower left")
     left.grid(alpha=0.3)
     bins = np.arange(20, 42, 0.25)
     for i, (t, a) in enumerate(ternary.items()):
-        right.hist(g.degrees(a), bins=bins, density=True, histtype="step", lw=1.5, color=f"C{i}",
-                   label=f"t = {t}: median {g.degrees(np.nanmedian(a)):.2f}°")
-        right.axvline(g.degrees(g.ternary_angle_rad(t)), color=f"C{i}", ls=":", lw=1)
+        right.hist(theory.degrees(a), bins=bins, density=True, histtype="step", lw=1.5, color=f"C{i}",
+                   label=f"t = {t}: median {theory.degrees(np.nanmedian(a)):.2f}°")
+        right.axvline(theory.degrees(theory.ternary_angle_rad(t)), color=f"C{i}", ls=":", lw=1)
     right.set(xlabel="angle to the ternarized vector (degrees)", ylabel="density",
               title=f"Distributions at d = {d} (dotted: closed form)")
     right.legend(fontsize=8)
@@ -136,12 +137,12 @@ def plot_rotation(rotation: dict[int, tuple[np.ndarray, np.ndarray]], k: float, 
     fig, axes = _grid(len(rotation), cols=len(rotation), width=3.8, height=3.2)
     bins = np.arange(0, 90.5, 0.5)
     for i, (ax, (d, (plain, rotated))) in enumerate(zip(axes, rotation.items())):
-        ax.hist(g.degrees(plain), bins=bins, density=True, color="C3", histtype="stepfilled", alpha=0.6,
+        ax.hist(theory.degrees(plain), bins=bins, density=True, color="C3", histtype="stepfilled", alpha=0.6,
                 label=r"$\angle(u, \mathrm{sign}\,u)$")
-        ax.hist(g.degrees(rotated), bins=bins, density=True, color="C1", histtype="stepfilled", alpha=0.6,
+        ax.hist(theory.degrees(rotated), bins=bins, density=True, color="C1", histtype="stepfilled", alpha=0.6,
                 label=r"$\angle(Ru, \mathrm{sign}\,Ru)$, R random rotation")
         ax.axvline(LIMIT_DEG, **LIMIT_STYLE, label=LIMIT_LABEL)
-        ax.text(0.98, 0.97, f"plain: {g.degrees(plain.mean()):.1f}°\nrotated: {g.degrees(rotated.mean()):.1f}°",
+        ax.text(0.98, 0.97, f"plain: {theory.degrees(plain.mean()):.1f}°\nrotated: {theory.degrees(rotated.mean()):.1f}°",
                 transform=ax.transAxes, ha="right", va="top", fontsize=8)
         ax.set(title=f"d = {d}", xlim=(0, 90), xlabel="angle (degrees)", ylabel="density" if i == 0 else "")
     fig.suptitle(rf"Correlated inputs $u_i = z_i\,e^{{{k}(i - d/2)}}$, z ~ N(0, I): sign() alone loses the "
@@ -186,7 +187,7 @@ def plot_layer_angles(name: str, angles: dict[str, np.ndarray], dims: dict[str, 
     for ax, (lo, hi) in zip(axes, ((0, 90), (22.5, 50))):
         grid = np.linspace(lo, hi, 901)
         for i, (layer, a) in enumerate(angles.items()):
-            ax.plot(grid, kde(g.degrees(a), grid), color=f"C{i}", lw=1.5, label=f"{layer} (d = {dims[layer]})")
+            ax.plot(grid, kde(theory.degrees(a), grid), color=f"C{i}", lw=1.5, label=f"{layer} (d = {dims[layer]})")
         ax.axvline(LIMIT_DEG, **LIMIT_STYLE, label=LIMIT_LABEL)
         ax.set(xlim=(lo, hi), xlabel=r"$\angle(w^c, w^b)$ per filter (degrees)", ylabel="density (KDE)")
         ax.grid(alpha=0.3)
@@ -197,13 +198,13 @@ def plot_layer_angles(name: str, angles: dict[str, np.ndarray], dims: dict[str, 
 
 
 def plot_layer_spread(name: str, angles: dict[str, np.ndarray], dims: dict[str, int],
-                      sign: dict[int, g.AngleSamples], out: Path) -> None:
+                      sign: dict[int, theory.AngleSamples], out: Path) -> None:
     """w_sigmas: log d vs log sd of the per-filter angle, against the Gaussian d^-1/2 law."""
     fig, ax = plt.subplots(figsize=(6, 4.4))
     d_all = [dims[k] for k in angles] + list(sign)
     d_line = np.geomspace(min(d_all) / 1.5, max(d_all) * 1.5, 50)
-    ax.loglog(d_line, g.SPREAD_CONSTANT_RAD / np.sqrt(d_line), color="k", lw=1,
-              label=rf"Gaussian theory {g.SPREAD_CONSTANT_RAD:.3f}/$\sqrt{{d}}$ (slope -1/2)")
+    ax.loglog(d_line, theory.SPREAD_CONSTANT_RAD / np.sqrt(d_line), color="k", lw=1,
+              label=rf"Gaussian theory {theory.SPREAD_CONSTANT_RAD:.3f}/$\sqrt{{d}}$ (slope -1/2)")
     ax.loglog(list(sign), [s.binarized.std() for s in sign.values()], "s", color="0.6", ms=5,
               label="Gaussian Monte Carlo")
     for i, (layer, a) in enumerate(angles.items()):

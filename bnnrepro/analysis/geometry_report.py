@@ -17,9 +17,11 @@ import numpy as np
 import torch
 
 from bnnrepro.analysis import geometry as g
+from bnnrepro.analysis import geometry_theory as theory
 from bnnrepro.data.batches import BatchLoader
 from bnnrepro.data.prepared import load_dataset
 from bnnrepro.export import load_model
+from bnnrepro.nn.layers import is_quantized
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class HDParams:
 @dataclass
 class Theory:
     metrics: dict[str, Any]
-    sign: dict[int, g.AngleSamples]
+    sign: dict[int, theory.AngleSamples]
     ternary: dict[float, np.ndarray]
     rotation: dict[int, tuple[np.ndarray, np.ndarray]]  # d -> (plain, rotated) angles
     isotropic: dict[str, Any]
@@ -52,31 +54,31 @@ class Theory:
 
 def run_theory(p: HDParams) -> Theory:
     """Every Monte Carlo of docs/hd-geometry.md#claims: sign and ternary angles, correlated inputs, isotropic dot products."""
-    sign = {d: g.sign_angle_mc(d, p.n_mc, g.generator(p.seed, "sign", d)) for d in p.dims}
-    ternary = g.ternary_angle_mc(p.ternary_d, p.n_mc, list(p.thresholds), g.generator(p.seed, "ternary", p.ternary_d))
+    sign = {d: theory.sign_angle_mc(d, p.n_mc, theory.generator(p.seed, "sign", d)) for d in p.dims}
+    ternary = theory.ternary_angle_mc(p.ternary_d, p.n_mc, list(p.thresholds), theory.generator(p.seed, "ternary", p.ternary_d))
     rotation = {}
     for d in p.rotation_dims:
-        rot = g.haar_rotation(d, g.generator(p.seed, "rotation", d))
-        plain = g.anisotropic_sign_angle_mc(d, p.n_mc, p.rotation_k, g.generator(p.seed, "anisotropic", d))
-        rotated = g.anisotropic_sign_angle_mc(d, p.n_mc, p.rotation_k, g.generator(p.seed, "anisotropic", d), rot)
+        rot = theory.haar_rotation(d, theory.generator(p.seed, "rotation", d))
+        plain = theory.anisotropic_sign_angle_mc(d, p.n_mc, p.rotation_k, theory.generator(p.seed, "anisotropic", d))
+        rotated = theory.anisotropic_sign_angle_mc(d, p.n_mc, p.rotation_k, theory.generator(p.seed, "anisotropic", d), rot)
         rotation[d] = (plain, rotated)  # the same vectors, binarized in the standard and in a random basis
-    isotropic = g.isotropic_dot_products(p.dot_d, p.n_mc, g.generator(p.seed, "isotropic", p.dot_d))
-    t_opt, angle_opt = g.ternary_optimum()
+    isotropic = theory.isotropic_dot_products(p.dot_d, p.n_mc, theory.generator(p.seed, "isotropic", p.dot_d))
+    t_opt, angle_opt = theory.ternary_optimum()
 
     metrics = {
         "paper": "Anderson & Berg, The High-Dimensional Geometry of Binary Neural Networks (arXiv 1705.07199)",
         "seed": p.seed, "n_mc": p.n_mc,
-        "binary_limit_deg": g.degrees(g.BINARY_LIMIT_RAD), "spread_constant_rad": g.SPREAD_CONSTANT_RAD,
+        "binary_limit_deg": theory.degrees(theory.BINARY_LIMIT_RAD), "spread_constant_rad": theory.SPREAD_CONSTANT_RAD,
         "sign_angle": {f"d={d}": s.summary() for d, s in sign.items()},
         "ternary": {
-            "d": p.ternary_d, "optimum_t": t_opt, "optimum_deg": g.degrees(angle_opt),
-            "thresholds": {f"t={t}": {"closed_form_deg": g.degrees(g.ternary_angle_rad(t)),
-                                      "mc_median_deg": g.degrees(float(np.nanmedian(a))),
-                                      "mc_mean_deg": g.degrees(float(np.nanmean(a))),
-                                      "zero_fraction": g.ternary_zero_fraction(t)} for t, a in ternary.items()}},
+            "d": p.ternary_d, "optimum_t": t_opt, "optimum_deg": theory.degrees(angle_opt),
+            "thresholds": {f"t={t}": {"closed_form_deg": theory.degrees(theory.ternary_angle_rad(t)),
+                                      "mc_median_deg": theory.degrees(float(np.nanmedian(a))),
+                                      "mc_mean_deg": theory.degrees(float(np.nanmean(a))),
+                                      "zero_fraction": theory.ternary_zero_fraction(t)} for t, a in ternary.items()}},
         "rotation": {"k": p.rotation_k, "dims": {
-            f"d={d}": {"plain_mean_deg": g.degrees(a.mean()), "plain_sd_deg": g.degrees(a.std()),
-                       "rotated_mean_deg": g.degrees(b.mean()), "rotated_sd_deg": g.degrees(b.std())}
+            f"d={d}": {"plain_mean_deg": theory.degrees(a.mean()), "plain_sd_deg": theory.degrees(a.std()),
+                       "rotated_mean_deg": theory.degrees(b.mean()), "rotated_sd_deg": theory.degrees(b.std())}
             for d, (a, b) in rotation.items()}},
         "isotropic_dot_products": {k: v for k, v in isotropic.items() if not isinstance(v, np.ndarray)},
     }
@@ -118,7 +120,7 @@ def analyse_model(folder: Path, data_root: Path, p: HDParams) -> ModelGeometry:
     if meta.get("status") == "skipped":  # a train stage the profile does not run (e.g. CIFAR in quick)
         return ModelGeometry(name, {"model": name, "path": str(folder), "status": "skipped", "reason": meta["reason"]})
     model, cfg, meta = load_model(folder)
-    quantized = [(n, m) for n, m in g.weight_layers(model) if g.is_quantized(m)]
+    quantized = [(n, m) for n, m in g.weight_layers(model) if is_quantized(m)]
     base = {"model": name, "path": str(folder), "format": meta.get("format"), "arch": cfg.model.arch,
             "method": cfg.model.describe(), "dataset": cfg.data.dataset}
     if not quantized:

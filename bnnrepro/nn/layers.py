@@ -68,7 +68,7 @@ class QuantConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.same_replicate:
-            x = replicate_pad(x, *_same_padding(x.shape[-2:], self.kernel_size, self.stride))
+            x = replicate_pad(x, *same_padding(x.shape[-2:], self.kernel_size, self.stride))
         weight = quantize_weight(self.weight, self.precision, self.scale, self.sign_rule)
         return self._conv_forward(x, weight, self.bias)
 
@@ -78,7 +78,9 @@ class QuantConv2d(nn.Conv2d):
         return f"{super().extra_repr()}{pad}, precision={self.precision}{scale}{_rule_repr(self.sign_rule)}"
 
 
-def _same_padding(size, kernel, stride) -> tuple[int, int, int, int]:
+def same_padding(size, kernel, stride) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) of TF-style SAME padding: the output has ceil(size / stride) positions; an odd
+    total puts the extra pixel at the end."""
     pads = []
     for n, k, s in zip(size, kernel, stride):
         total = max((math.ceil(n / s) - 1) * s + k - n, 0)
@@ -117,9 +119,14 @@ class QuantAct(nn.Module):
         return f"precision={self.precision}, estimator={self.estimator}{_rule_repr(self.sign_rule)}"
 
 
+def is_quantized(module: nn.Module) -> bool:
+    """A layer whose `weight` is a latent weight (binary or ternary)."""
+    return isinstance(module, (QuantLinear, QuantConv2d)) and module.precision != "fp"
+
+
 def quantized_layers(model: nn.Module):
     """The layers whose `weight` is a latent weight (binary or ternary)."""
-    return [m for m in model.modules() if isinstance(m, (QuantLinear, QuantConv2d)) and m.precision != "fp"]
+    return [m for m in model.modules() if is_quantized(m)]
 
 
 @torch.no_grad()
