@@ -5,7 +5,6 @@ defaults leave every existing config unchanged, digests included."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from bnnrepro.data.sources import SOURCES
 from bnnrepro.engine.train import fit, train_one_epoch
 from bnnrepro.models import build_model
 from bnnrepro.models.common import ShiftOnlyBatchNorm1d, ShiftOnlyBatchNorm2d
-from bnnrepro.optim import build_optimizer, build_optimizers, lr_at_epoch
+from bnnrepro.optim import build_optimizer, build_optimizers
 from standins import cifar10_archive
 from test_train import tiny_mnist
 
@@ -133,18 +132,6 @@ def test_model_keys_are_type_checked(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ optimizer
-
-def test_exponential_lr_decay_per_epoch():
-    cfg = OptimConfig(name="adam", lr=1e-3, lr_exp_decay=0.98391)
-    assert lr_at_epoch(cfg, 1) == 1e-3
-    assert lr_at_epoch(cfg, 2) == pytest.approx(1e-3 * 0.98391)
-    assert lr_at_epoch(cfg, 500) == pytest.approx(3.05e-7, rel=0.01)  # the paper's 1e-3 -> 3e-7 over 500 epochs
-    both = OptimConfig(name="sgd", lr=0.1, lr_milestones=[3], lr_decay=[0.1], lr_exp_decay=0.5)
-    assert [lr_at_epoch(both, e) for e in (1, 2, 3)] == pytest.approx([0.1, 0.05, 0.1 * 0.1 * 0.25])
-    old = OptimConfig(name="sgd", lr=0.01, lr_milestones=[15, 25], lr_decay=[0.1, 0.1])
-    for epoch in range(1, 40):  # the default is exactly the milestone schedule of before
-        assert lr_at_epoch(old, epoch) == old.lr * math.prod(d for m, d in zip([15, 25], [0.1, 0.1]) if epoch >= m)
-
 
 @pytest.mark.parametrize("changes, match", [({"lr_exp_decay": 0.0}, "lr_exp_decay"),
                                             ({"lr_exp_decay": 1.5}, "lr_exp_decay"),

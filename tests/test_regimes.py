@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 
-from bnnrepro.config import ConfigError, OptimConfig
+from bnnrepro.config import ConfigError
 from bnnrepro.engine.train import fit
 from bnnrepro.models import build_model
 from bnnrepro.nn.layers import ZERO_LATENT, clip_latent_weights_, init_latent_weights_, quantized_layers
-from bnnrepro.optim import build_optimizers, lr_at_epoch, split_parameters
+from bnnrepro.optim import build_optimizers, split_parameters
 from bnnrepro.optim.bop import Bop
 from test_train import CPU, assert_same_state, config, tiny_mnist, without_timing
 
@@ -75,22 +75,7 @@ def test_torch_optimizer_arguments_pass_through_args():
     assert regime.optimizer.param_groups[0]["nesterov"] is True and regime.optimizer.param_groups[0]["momentum"] == 0.9
 
 
-@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)`")
-def test_lr_schedule_factors():
-    cosine = OptimConfig(name="adam", lr=1e-3, lr_cosine_epochs=4)
-    # torch's CosineAnnealingLR(T_max=4) stepped at the start of every epoch: epoch e uses step e
-    scheduler_lrs = []
-    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=4)
-    for _ in range(4):
-        sched.step()
-        scheduler_lrs.append(opt.param_groups[0]["lr"])
-    assert [lr_at_epoch(cosine, e) for e in (1, 2, 3, 4)] == pytest.approx(scheduler_lrs)
-    assert lr_at_epoch(cosine, 9) == 0.0  # stays at the end
-    scaled = OptimConfig(name="sgd", lr=0.1, lr_batch_reference=96)
-    assert lr_at_epoch(scaled, 1, batch_size=384) == pytest.approx(0.2)  # sqrt(384 / 96) = 2
-    with pytest.raises(ValueError, match="batch size"):
-        lr_at_epoch(scaled, 1)
+
 
 
 def test_reset_each_epoch_forgets_torch_optimizer_state():

@@ -19,7 +19,7 @@ from bnnrepro.engine.train import fit
 from bnnrepro.errors import BadFileError
 from bnnrepro.models import build_model
 from bnnrepro.nn.layers import clip_latent_weights_, quantized_layers
-from bnnrepro.optim import build_optimizer, lr_at_epoch
+from bnnrepro.optim import build_optimizer
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "rwth" / "binary_mnist.yml"
 BASE = {"train.epochs": 2, "data.val_size": 100, "data.batch_size": 50, "data.eval_batch_size": 100}
@@ -327,15 +327,7 @@ def test_loss_function_names():
         train_mod.loss_function("hinge")
 
 
-def test_lr_at_epoch_milestones():
-    cfg = OptimConfig(name="sgd", lr=0.1, lr_milestones=[15, 25], lr_decay=[0.1, 0.1])
-    assert lr_at_epoch(cfg, 1) == 0.1
-    assert lr_at_epoch(cfg, 14) == 0.1
-    assert lr_at_epoch(cfg, 15) == pytest.approx(0.01)
-    assert lr_at_epoch(cfg, 24) == pytest.approx(0.01)
-    assert lr_at_epoch(cfg, 25) == pytest.approx(0.001)
-    assert lr_at_epoch(cfg, 500) == pytest.approx(0.001)
-    assert lr_at_epoch(OptimConfig(name="sgd", lr=0.01), 400) == 0.01  # no milestones: constant
+
 
 
 def test_lr_schedule_reaches_the_optimizer(dataset, tmp_path):
