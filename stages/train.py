@@ -18,6 +18,7 @@ from pathlib import Path
 from bnnrepro.config import load_experiment, parse_override, skip_reason
 from bnnrepro.errors import run_cli
 from bnnrepro.io import remove_stale_temp_files, write_json, write_text
+from bnnrepro.run_metrics import SKIPPED, TRAINED, RunMetrics
 
 # torch and everything that trains are imported in train(), after the skip check: in the quick profile
 # most grid stages only record why they do not run, and importing torch would cost them seconds each
@@ -45,10 +46,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def write_skipped(args, reason: str, cfg) -> None:
     write_json(args.models / args.run / "metadata.json", {"status": "skipped", "reason": reason})
-    write_json(args.reports / args.run / "metrics.json",
-               {"run": args.run, "paper": cfg.paper, "status": "skipped", "reason": reason, "profile": args.profile,
-                "reported": cfg.reported, "dataset": cfg.data.dataset, "model": cfg.model.arch,
-                "method": cfg.model.describe(), "optimizer": cfg.describe_optimizer()})
+    metrics = RunMetrics(run=args.run, paper=cfg.paper, status=SKIPPED, reason=reason, profile=args.profile,
+                         reported=cfg.reported, dataset=cfg.data.dataset, model=cfg.model.arch,
+                         method=cfg.model.describe(), optimizer=cfg.describe_optimizer())
+    write_json(args.reports / args.run / "metrics.json", metrics.to_json())
     write_text(args.reports / args.run / "history.csv", "epoch,val_top1\n")
 
 
@@ -92,19 +93,16 @@ def train(args: argparse.Namespace, overrides: dict) -> int:
 
     c, h, _ = dataset.image_shape
     input_spec = {"channels": c, "image_size": cfg.data.resize or h, "num_classes": dataset.num_classes}
-    run_info = {"run": args.run, "paper": cfg.paper, "status": "trained", "profile": args.profile,
-                "epochs": cfg.train.epochs, "seed": cfg.train.seed, "device": device.type,
-                "device_name": device_name(device),
-                "dataset": cfg.data.dataset, "num_classes": dataset.num_classes, "data_sha256": dataset.sha256,
-                "model": cfg.model.arch,
-                "method": cfg.model.describe(), "optimizer": cfg.describe_optimizer(),
-                "binary_weights": sum(layer.weight.numel() for layer in quantized_layers(result.model)),
-                "reported": cfg.reported, "best_epoch": result.best_epoch,
-                "best_val_top1": round(result.best_val_top1, 2),
-                "test_top1": round(result.test["top1"], 2), "test_top5": round(result.test["top5"], 2),
-                "test_n": result.test["n"]}
-    if "pretrained" in result.extra:  # the official checkpoint fine-tuned: its SHA-256 and what was loaded
-        run_info["pretrained"] = result.extra["pretrained"]
+    metrics = RunMetrics(
+        run=args.run, paper=cfg.paper, status=TRAINED, profile=args.profile, epochs=cfg.train.epochs,
+        seed=cfg.train.seed, device=device.type, device_name=device_name(device), dataset=cfg.data.dataset,
+        num_classes=dataset.num_classes, data_sha256=dataset.sha256, model=cfg.model.arch,
+        method=cfg.model.describe(), optimizer=cfg.describe_optimizer(),
+        binary_weights=sum(layer.weight.numel() for layer in quantized_layers(result.model)),
+        reported=cfg.reported, best_epoch=result.best_epoch, best_val_top1=round(result.best_val_top1, 2),
+        test_top1=round(result.test["top1"], 2), test_top5=round(result.test["top5"], 2), test_n=result.test["n"],
+        pretrained=result.extra.get("pretrained"))  # fine-tuning: the official checkpoint's SHA-256, what was loaded
+    run_info = metrics.to_json()
     run_env = {"device": device_description(device), "threads": torch.get_num_threads(), "processes": ranks.world,
                **environment(device)}
     save_model(result.model, args.models / args.run, cfg, input_spec, "latent", {"result": run_info, "environment": run_env})
@@ -115,13 +113,13 @@ def train(args: argparse.Namespace, overrides: dict) -> int:
         **run_env, "commit": commit, "train_seconds": round(result.train_seconds, 1), "resumed_from_epoch": result.resumed_from_epoch,
         "seconds_per_epoch": round(result.train_seconds / max(len(result.history) - result.resumed_from_epoch, 1), 2),
         "epoch_seconds": [row["epoch_seconds"] for row in result.history]})
-    write_json(args.reports / args.run / "metrics.json", run_info)
+    write_json(args.reports / args.run / "metrics.json", run_info)  # the same record as the model's metadata
     # wall-clock columns stay out of reports/ so that two runs give byte-identical reports
     history = pd.DataFrame(result.history).drop(columns=["epoch_seconds", "train_images_per_s"])
     write_text(args.reports / args.run / "history.csv", history.to_csv(index=False, float_format="%.4f"))
     checkpoint = args.checkpoints / args.run / f"{cfg.digest()}.pt"
     checkpoint.unlink(missing_ok=True)  # finished: a later run must train afresh, not reuse this state
-    print(f"{args.run}: test top-1 {run_info['test_top1']:.2f} % (best val {run_info['best_val_top1']:.2f} % "
+    print(f"{args.run}: test top-1 {metrics.test_top1:.2f} % (best val {metrics.best_val_top1:.2f} % "
           f"at epoch {result.best_epoch}/{cfg.train.epochs}, profile {args.profile}, {run_env['device']})")
     return 0
 

@@ -6,11 +6,17 @@ import json
 
 from bnnrepro.report.accuracy import run_row
 from bnnrepro.report.comparison import finetune_table
+from bnnrepro.run_metrics import RunMetrics
+
+TRAINED_DEFAULTS = {"device": "cpu", "test_n": 10000}
 
 
 def write_metrics(runs, run, **fields):
+    """A metrics file as stages/train.py writes it (RunMetrics), with the fields a table does not read filled in."""
+    defaults = {"method": "binary", **(TRAINED_DEFAULTS if fields.get("status") == "trained" else {})}
+    metrics = RunMetrics(run=run, **{**defaults, **fields})
     (runs / run).mkdir(parents=True)
-    (runs / run / "metrics.json").write_text(json.dumps({"run": run, **fields}))
+    (runs / run / "metrics.json").write_text(json.dumps(metrics.to_json()))
 
 
 def test_finetune_table_has_a_cell_per_dataset_trained_or_not(tmp_path):
@@ -21,7 +27,8 @@ def test_finetune_table_has_a_cell_per_dataset_trained_or_not(tmp_path):
                   profile="quick", reason="needs a GPU", **common)
     write_metrics(tmp_path, "binsfo_finetune_adam_cifar10_bcdnet", dataset="cifar10", status="skipped",
                   profile="quick", reason="needs a GPU", model="bcdnet", optimizer="Adam", paper="binsfo")
-    write_metrics(tmp_path, "binsfo_mnist_binary", dataset="mnist", status="trained", test_top1=90.0, **common)
+    write_metrics(tmp_path, "binsfo_mnist_binary", dataset="mnist", status="trained", test_top1=90.0, epochs=1, seed=1,
+                  profile="quick", **common)
 
     table = finetune_table(tmp_path).set_index(["model", "algorithm"])
     assert table.loc[("reactnet_a", "BinSFO"), "cifar10"] == "91.23 (100 ep, seed 1)"
@@ -31,7 +38,8 @@ def test_finetune_table_has_a_cell_per_dataset_trained_or_not(tmp_path):
 
 
 def test_accuracy_rows_name_the_processor_when_the_run_recorded_it():
-    metrics = dict(paper="rwth", run="r", model="lenet5", dataset="mnist", method="binary", status="trained",
-                   test_top1=99.0, test_top5=99.9, test_n=10000, profile="quick", epochs=2, seed=2, device="cpu")
-    assert run_row(metrics)["device"] == "cpu"  # metrics written before device_name was recorded
-    assert run_row({**metrics, "device_name": "AMD EPYC"})["device"] == "cpu (AMD EPYC)"
+    metrics = dict(paper="rwth", run="r", model="lenet5", dataset="mnist", method="binary", optimizer="sgd",
+                   status="trained", test_top1=99.0, test_top5=99.9, test_n=10000, profile="quick", epochs=2, seed=2,
+                   device="cpu")
+    assert run_row(RunMetrics(**metrics))["device"] == "cpu"  # metrics written before device_name was recorded
+    assert run_row(RunMetrics(**metrics, device_name="AMD EPYC"))["device"] == "cpu (AMD EPYC)"

@@ -16,7 +16,8 @@ import pandas as pd
 
 from bnnrepro.config import ModelConfig
 from bnnrepro.report import markdown
-from bnnrepro.report.claims import TOLERANCE, accuracy_verdict, is_collapsed
+from bnnrepro.report.claims import TOLERANCE, accuracy_verdict
+from bnnrepro.run_metrics import RunMetrics
 
 COLUMNS = ["paper", "experiment", "model", "dataset", "method", "optimizer", "reported_top1", "reproduced_top1",
            "difference", "reported_top5", "reproduced_top5", "profile", "epochs", "seed", "device", "status"]
@@ -30,28 +31,25 @@ def status(reported: float | None, reproduced: float, n: int, note: str = "", pa
     return f"{verdict}: {how_far}{' (' + note + ')' if note else ''}"
 
 
-def run_row(metrics: dict[str, Any]) -> dict[str, Any]:
-    reported = metrics.get("reported", {}).get("top1")
-    common = {"paper": metrics["paper"], "experiment": metrics["run"], "model": metrics["model"],
-              "dataset": metrics["dataset"], "method": metrics["method"], "optimizer": metrics.get("optimizer"),
-              "reported_top1": reported, "reported_top5": metrics.get("reported", {}).get("top5")}
-    if metrics["status"] == "skipped":
-        return {**common, "profile": metrics["profile"], "status": f"not run: {metrics['reason']}"}
-    top1 = metrics["test_top1"]
-    note = f"{metrics['profile']} profile, {metrics['epochs']} epochs" if metrics["profile"] != "paper" else ""
-    verdict = status(reported, top1, metrics["test_n"], note, metrics["paper"])
-    if is_collapsed(metrics):
-        verdict = f"collapsed: chance level is {100 / metrics['num_classes']:.0f} % ({verdict})"
-    return {**common, "reproduced_top1": top1,
-            "difference": round(top1 - reported, 2) if reported is not None else None,
-            "reproduced_top5": metrics.get("test_top5"), "profile": metrics["profile"], "epochs": metrics["epochs"],
-            "seed": metrics["seed"], "device": _device(metrics), "status": verdict}
+def run_row(m: RunMetrics) -> dict[str, Any]:
+    reported = m.reported.get("top1")
+    common = {"paper": m.paper, "experiment": m.run, "model": m.model, "dataset": m.dataset, "method": m.method,
+              "optimizer": m.optimizer, "reported_top1": reported, "reported_top5": m.reported.get("top5")}
+    if not m.trained:
+        return {**common, "profile": m.profile, "status": f"not run: {m.reason}"}
+    note = f"{m.profile} profile, {m.epochs} epochs" if m.profile != "paper" else ""
+    verdict = status(reported, m.test_top1, m.test_n, note, m.paper)
+    if m.collapsed:
+        verdict = f"collapsed: chance level is {100 / m.num_classes:.0f} % ({verdict})"
+    return {**common, "reproduced_top1": m.test_top1,
+            "difference": round(m.test_top1 - reported, 2) if reported is not None else None,
+            "reproduced_top5": m.test_top5, "profile": m.profile, "epochs": m.epochs, "seed": m.seed,
+            "device": device_text(m), "status": verdict}
 
 
-def _device(metrics: dict[str, Any]) -> str:
+def device_text(m: RunMetrics) -> str:
     """"cpu (AMD EPYC)": the kind of processor matters for the last digits (README, determinism)."""
-    name = metrics.get("device_name")
-    return f"{metrics['device']} ({name})" if name else metrics["device"]
+    return f"{m.device} ({m.device_name})" if m.device_name else m.device
 
 
 def pretrained_row(name: str, metadata: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
@@ -94,7 +92,7 @@ def collect(runs_dir: Path, pretrained_dir: Path, pretrained_results: Path,
     for result_file in sorted(official_results.glob("*.json")) if official_results else []:
         rows.append(official_row(result_file.stem, json.loads(result_file.read_text())))
     for metrics_file in sorted(runs_dir.glob("*/metrics.json")):
-        rows.append(run_row(json.loads(metrics_file.read_text())))
+        rows.append(run_row(RunMetrics.read(metrics_file)))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

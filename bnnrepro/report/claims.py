@@ -18,6 +18,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from bnnrepro.run_metrics import RunMetrics
+
 # A single-seed accuracy counts as reproducing the paper when it is at most this far below it (points)...
 TOLERANCE = 0.1
 # ...and as within seed noise when the gap is inside two binomial standard errors of a test set of n images.
@@ -37,12 +39,12 @@ class Results:
     pretrained_results: Path    # reports/pretrained/<name>.json (stage infer@<name>)
     reports: Path               # reports/ (memory_training_state.csv, hd/..., official/<name>.json)
 
-    def run(self, name: str) -> dict[str, Any] | None:
+    def run(self, name: str) -> RunMetrics | None:
         path = self.runs / name / "metrics.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        return RunMetrics.read(path) if path.is_file() else None
 
-    def runs_matching(self, pattern: str) -> list[dict[str, Any]]:
-        return [json.loads(p.read_text()) for p in sorted(self.runs.glob("*/metrics.json"))
+    def runs_matching(self, pattern: str) -> list[RunMetrics]:
+        return [RunMetrics.read(p) for p in sorted(self.runs.glob("*/metrics.json"))
                 if fnmatch.fnmatchcase(p.parent.name, pattern)]
 
 
@@ -76,29 +78,26 @@ def accuracy_verdict(published: float | None, ours: float, n: int) -> tuple[str,
     return SHORT, f"short by {gap:.2f} points"
 
 
-def budget(metrics: dict[str, Any]) -> str:
-    device = metrics.get("device", "")
-    if metrics.get("device_name"):
-        device = f"{device} ({metrics['device_name']})"
-    epochs = f"{metrics['epochs']} epoch{'s' if metrics['epochs'] != 1 else ''}"
-    return f"{epochs}, seed {metrics['seed']}, {device}, {metrics['profile']} profile"
+def budget(m: RunMetrics) -> str:
+    device = f"{m.device} ({m.device_name})" if m.device_name else m.device
+    return f"{m.epochs} epoch{'s' if m.epochs != 1 else ''}, seed {m.seed}, {device}, {m.profile} profile"
 
 
-def not_run(metrics: dict[str, Any] | None, what: str) -> dict[str, Any]:
-    reason = metrics.get("reason", "no result") if metrics else f"no result for {what} (run `dvc repro`)"
+def not_run(m: RunMetrics | None, what: str) -> dict[str, Any]:
+    reason = (m.reason or "no result") if m else f"no result for {what} (run `dvc repro`)"
     return {"ours": None, "verdict": NOT_RUN, "how_far": reason}
 
 
 def from_accuracy(claim: dict, results: Results) -> dict[str, Any]:
     if "shipped" in claim:
         return _shipped(claim["shipped"], results)
-    metrics = results.run(claim["run"])
-    published = (metrics or {}).get("reported", {}).get("top1")
-    if not metrics or metrics["status"] != "trained":
-        return {"published": published, **not_run(metrics, claim["run"])}
-    verdict, how_far = accuracy_verdict(published, metrics["test_top1"], metrics["test_n"])
-    return {"published": published, "ours": metrics["test_top1"], "verdict": verdict, "how_far": how_far,
-            "budget": budget(metrics), "source": f"runs/{claim['run']}"}
+    m = results.run(claim["run"])
+    published = m.reported.get("top1") if m else None
+    if not m or not m.trained:
+        return {"published": published, **not_run(m, claim["run"])}
+    verdict, how_far = accuracy_verdict(published, m.test_top1, m.test_n)
+    return {"published": published, "ours": m.test_top1, "verdict": verdict, "how_far": how_far,
+            "budget": budget(m), "source": f"runs/{claim['run']}"}
 
 
 def _shipped(name: str, results: Results) -> dict[str, Any]:
@@ -114,17 +113,17 @@ def _shipped(name: str, results: Results) -> dict[str, Any]:
 
 def from_grid(claim: dict, results: Results) -> dict[str, Any]:
     runs = results.runs_matching(claim["runs"])
-    reported = [r["reported"]["top1"] for r in runs if r.get("reported", {}).get("top1") is not None]
+    reported = [r.reported["top1"] for r in runs if r.reported.get("top1") is not None]
     published = max(reported, default=None)
-    trained = [r for r in runs if r["status"] == "trained"]
+    trained = [r for r in runs if r.trained]
     if not trained:
         return {"published": published, **not_run(runs[0] if runs else None, claim["runs"]),
                 "budget": f"{len(runs)} runs"}
-    best = max(trained, key=lambda r: r["test_top1"])
-    verdict, how_far = accuracy_verdict(published, best["test_top1"], best["test_n"])
+    best = max(trained, key=lambda r: r.test_top1)
+    verdict, how_far = accuracy_verdict(published, best.test_top1, best.test_n)
     missing = f"; {len(runs) - len(trained)} of {len(runs)} not run" if len(trained) < len(runs) else ""
-    return {"published": published, "ours": best["test_top1"], "verdict": verdict,
-            "how_far": f"{how_far} (ours: {best['optimizer']})", "budget": budget(best) + missing,
+    return {"published": published, "ours": best.test_top1, "verdict": verdict,
+            "how_far": f"{how_far} (ours: {best.optimizer})", "budget": budget(best) + missing,
             "source": claim["runs"]}
 
 
@@ -133,11 +132,11 @@ def from_comparable(claim: dict, results: Results) -> dict[str, Any]:
     without a number): in each such cell the best binary run against the best baseline run. One cell (Digit,
     BinSFO's MNIST MLP) gives that gap; several (the fine-tuning grid: datasets x models) give the mean gap and
     its range. Runs on different datasets are never set against each other: their accuracies do not compare."""
-    def best_per_cell(pattern: str) -> dict[tuple[str, str], dict[str, Any]]:
-        cells: dict[tuple[str, str], dict[str, Any]] = {}
+    def best_per_cell(pattern: str) -> dict[tuple[str, str], RunMetrics]:
+        cells: dict[tuple[str, str], RunMetrics] = {}
         for m in results.runs_matching(pattern):
-            cell = (m["dataset"], m["model"])
-            if m["status"] == "trained" and (cell not in cells or m["test_top1"] > cells[cell]["test_top1"]):
+            cell = (m.dataset, m.model)
+            if m.trained and (cell not in cells or m.test_top1 > cells[cell].test_top1):
                 cells[cell] = m
         return cells
 
@@ -146,15 +145,15 @@ def from_comparable(claim: dict, results: Results) -> dict[str, Any]:
     if not pairs:
         skipped = results.runs_matching(claim["binary"]) + results.runs_matching(claim["baseline"])
         return {"published": None, **not_run(skipped[0] if skipped else None, claim["binary"])}
-    gaps = [round(b["test_top1"] - r["test_top1"], 2) for b, r in pairs]
-    collapsed = sorted({m["run"] for pair in pairs for m in pair if is_collapsed(m)})
+    gaps = [round(b.test_top1 - r.test_top1, 2) for b, r in pairs]
+    collapsed = sorted({m.run for pair in pairs for m in pair if m.collapsed})
     note = f"; collapsed to chance: {', '.join(collapsed)}" if collapsed else ""
-    cells = {(m["dataset"], m["model"]) for m in results.runs_matching(claim["binary"])}
+    cells = {(m.dataset, m.model) for m in results.runs_matching(claim["binary"])}
     missing = f"; {len(cells) - len(pairs)} of {len(cells)} dataset x model cells not run" if len(pairs) < len(cells) else ""
 
     def versus(i: int) -> str:
         b, r = pairs[i]
-        return f"binary {b['test_top1']:.2f} ({b['run']}) vs baseline {r['test_top1']:.2f} ({r['run']})"
+        return f"binary {b.test_top1:.2f} ({b.run}) vs baseline {r.test_top1:.2f} ({r.run})"
 
     if len(pairs) == 1:
         how_far = versus(0)
@@ -204,12 +203,6 @@ def from_value(claim: dict, results: Results) -> dict[str, Any]:
 
 KINDS = {"accuracy": from_accuracy, "grid": from_grid, "comparable": from_comparable, "memory": from_memory,
          "value": from_value}
-
-
-def is_collapsed(metrics: dict[str, Any]) -> bool:
-    """A trained run whose test accuracy is below twice chance level learned (almost) nothing."""
-    classes = metrics.get("num_classes")
-    return bool(classes) and metrics.get("status") == "trained" and metrics["test_top1"] < 2 * 100 / classes
 
 
 def load_claims(path: Path) -> tuple[dict[str, dict], list[dict[str, Any]]]:

@@ -11,46 +11,47 @@ history.csv (weights whose sign changed, per epoch).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from bnnrepro.report import markdown
 from bnnrepro.report.plots import plt, save
+from bnnrepro.run_metrics import RunMetrics
 
 
-def load_runs(runs_dir: Path, prefix: str) -> list[tuple[dict, pd.DataFrame]]:
+def load_runs(runs_dir: Path, prefix: str) -> list[tuple[RunMetrics, pd.DataFrame]]:
+    """The trained runs of a grid (run names starting with `prefix`), each with its per-epoch history."""
     runs = []
     for metrics_file in sorted(runs_dir.glob(f"{prefix}*/metrics.json")):
-        metrics = json.loads(metrics_file.read_text())
-        if metrics["status"] == "trained":
-            runs.append((metrics, pd.read_csv(metrics_file.parent / "history.csv")))
+        m = RunMetrics.read(metrics_file)
+        if m.trained:
+            runs.append((m, pd.read_csv(metrics_file.parent / "history.csv")))
     return runs
 
 
-def flips_percent(metrics: dict, history: pd.DataFrame) -> float | None:
+def flips_percent(m: RunMetrics, history: pd.DataFrame) -> float | None:
     """Mean over epochs of the sign changes per epoch, in % of the binary weights (a weight flipping
     twice in an epoch counts twice)."""
-    if "flips" not in history or not metrics.get("binary_weights"):
+    if "flips" not in history or not m.binary_weights:
         return None
-    return 100.0 * history["flips"].mean() / metrics["binary_weights"]
+    return 100.0 * history["flips"].mean() / m.binary_weights
 
 
-def run_cells(metrics: dict, history: pd.DataFrame) -> dict:
-    return {"top1": metrics["test_top1"], "top5": metrics["test_top5"], "flips_%": flips_percent(metrics, history),
-            "best_epoch": metrics["best_epoch"], "epochs": metrics["epochs"]}
+def run_cells(m: RunMetrics, history: pd.DataFrame) -> dict:
+    return {"top1": m.test_top1, "top5": m.test_top5, "flips_%": flips_percent(m, history),
+            "best_epoch": m.best_epoch, "epochs": m.epochs}
 
 
 def comparison_table(runs_dir: Path, recipe_order: list[str]) -> pd.DataFrame:
     """One row per optimizer recipe, top-1 / top-5 / flips per dataset."""
     rows = {}
-    for metrics, history in load_runs(runs_dir, "compare_"):
-        row = rows.setdefault(metrics["optimizer"], {"optimizer": metrics["optimizer"]})
-        for key, value in run_cells(metrics, history).items():
+    for m, history in load_runs(runs_dir, "compare_"):
+        row = rows.setdefault(m.optimizer, {"optimizer": m.optimizer})
+        for key, value in run_cells(m, history).items():
             if key in ("top1", "top5", "flips_%"):
-                row[f"{metrics['dataset']} {key}"] = value
-        row["budget"] = f"{metrics['epochs']} epochs, seed {metrics['seed']}, {metrics['profile']} profile"
+                row[f"{m.dataset} {key}"] = value
+        row["budget"] = f"{m.epochs} epochs, seed {m.seed}, {m.profile} profile"
     order = {label: i for i, label in enumerate(recipe_order)}
     table = pd.DataFrame(sorted(rows.values(), key=lambda r: order.get(r["optimizer"], len(order))))
     datasets = dict.fromkeys(c.rsplit(" ", 1)[0] for c in table.columns if c not in ("optimizer", "budget"))
@@ -61,31 +62,30 @@ def comparison_table(runs_dir: Path, recipe_order: list[str]) -> pd.DataFrame:
 def bws_table(runs_dir: Path) -> pd.DataFrame:
     """Digit: one row per hypermask x scheduler, plus the real-space baseline."""
     rows = []
-    for metrics, history in load_runs(runs_dir, "bws_digits_"):
-        name = metrics["run"].removeprefix("bws_digits_")
+    for m, history in load_runs(runs_dir, "bws_digits_"):
+        name = m.run.removeprefix("bws_digits_")
         mask, _, scheduler = name.partition("_")
         if name == "real":
             mask, scheduler = "real space (latent SGD)", "-"
-        rows.append({"mask": mask, "scheduler": scheduler, **run_cells(metrics, history), "seed": metrics["seed"],
-                     "profile": metrics["profile"]})
+        rows.append({"mask": mask, "scheduler": scheduler, **run_cells(m, history), "seed": m.seed,
+                     "profile": m.profile})
     return pd.DataFrame(rows)
 
 
 def method_table(runs_dir: Path, prefix: str) -> pd.DataFrame:
     """One row per run of a grid over methods only (BinSFO's four algorithms)."""
-    return pd.DataFrame([{"method": metrics["optimizer"], **run_cells(metrics, history), "seed": metrics["seed"],
-                          "profile": metrics["profile"]} for metrics, history in load_runs(runs_dir, prefix)])
+    return pd.DataFrame([{"method": m.optimizer, **run_cells(m, history), "seed": m.seed, "profile": m.profile}
+                         for m, history in load_runs(runs_dir, prefix)])
 
 
 def finetune_table(runs_dir: Path) -> pd.DataFrame:
     """BinSFO fine-tuning: one row per pretrained model x algorithm, test top-1 per dataset, or why not run."""
     rows = {}
     for metrics_file in sorted(runs_dir.glob("binsfo_finetune_*/metrics.json")):
-        metrics = json.loads(metrics_file.read_text())
-        row = rows.setdefault((metrics["model"], metrics["optimizer"]),
-                              {"model": metrics["model"], "algorithm": metrics["optimizer"]})
-        row[metrics["dataset"]] = (f"{metrics['test_top1']:.2f} ({metrics['epochs']} ep, seed {metrics['seed']})"
-                                   if metrics["status"] == "trained" else f"not run ({metrics['profile']} profile)")
+        m = RunMetrics.read(metrics_file)
+        row = rows.setdefault((m.model, m.optimizer), {"model": m.model, "algorithm": m.optimizer})
+        row[m.dataset] = (f"{m.test_top1:.2f} ({m.epochs} ep, seed {m.seed})" if m.trained
+                          else f"not run ({m.profile} profile)")
     return pd.DataFrame(list(rows.values()))
 
 
