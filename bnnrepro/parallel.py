@@ -7,8 +7,9 @@ No scheduler of our own: submitit (the engine) starts the jobs, DVC runs and cac
 coordinator walks DVC's DAG and submits each stage whose upstream stages are done. A job runs
 `dvc repro <stage>` in a workspace of its own (a git worktree under .dvc/tmp/parallel/) whose DVC cache is
 this workspace's cache: DVC saves each finished stage in the run-cache there, the next job restores its
-upstream stages from it, and the final plain `dvc repro` here restores every stage from it ("cached -
-skipping run") instead of running it. docs/parallel.md explains why the hand-off is safe.
+upstream stages from it, and the final plain `dvc repro` here restores every stage the workers ran
+("cached - skipping run") and runs only those DVC cannot restore (the reports). docs/parallel.md explains
+why the hand-off is safe.
 """
 
 from __future__ import annotations
@@ -49,8 +50,7 @@ def restorable(stage) -> bool:
 def plan(root: Path) -> dict[str, set[str]]:
     """stage -> the planned stages it waits for, for every stage that `dvc repro` would run and that
     a worker can hand back; in dependency order. A stage runs when it changed or a stage upstream of it
-    runs. Stages that cannot be restored (always_changed, no outs, persist) are left to the final
-    `dvc repro`."""
+    runs. Stages that cannot be restored (see restorable) are left to the final `dvc repro`."""
     import networkx as nx
     from dvc.repo import Repo
 
@@ -89,6 +89,10 @@ def snapshot(root: Path) -> str:
     """A commit of the working tree as it is now, uncommitted and untracked (not ignored) files included,
     made through a temporary index: neither HEAD nor the index changes. The workers check it out, so they
     run the params and code the user sees, committed or not."""
+    try:
+        head = git(["rev-parse", "--verify", "HEAD"], root)
+    except subprocess.CalledProcessError:
+        raise InputError(f"{root}: no commit yet - commit the project once, then run again") from None
     index = root / git(["rev-parse", "--git-path", "index"], root)
     temp = root / WORK / "snapshot.index"
     if index.exists():
@@ -97,7 +101,6 @@ def snapshot(root: Path) -> str:
     git(["add", "--all"], root, env)
     tree = git(["write-tree"], root, env)
     temp.unlink()
-    head = git(["rev-parse", "HEAD"], root)
     if git(["rev-parse", "HEAD^{tree}"], root) == tree:
         return head
     return git(["commit-tree", tree, "-p", head, "-m", "bnnrepro repro: the working tree"], root)
@@ -127,21 +130,24 @@ def prepare_workspace(root: Path, workspace: Path, commit: str, cache: Path) -> 
 
     with Config(dvc_dir=str(workspace / ".dvc")).edit("local") as conf:
         conf.setdefault("cache", {})["dir"] = str(cache)
-    for name in SHARED:
+    for name in SHARED:  # `git clean` above removes the links (git ignores `/checkpoints/` as folders only)
         (root / name).mkdir(exist_ok=True)
-        link = workspace / name
-        if link.is_symlink() or link.exists():
-            shutil.rmtree(link) if link.is_dir() and not link.is_symlink() else link.unlink()
-        link.symlink_to(root / name, target_is_directory=True)
+        if not (workspace / name).is_symlink():
+            (workspace / name).symlink_to(root / name, target_is_directory=True)
 
 
 # ---- one job: what runs on the engine's worker -------------------------------------------------------
 
+def venv_first_on_path(env) -> dict[str, str]:
+    """`env` with this Python's bin folder first on PATH: the stages' `python` is this environment's, as
+    under `make repro`, also when the coordinator was started as .venv/bin/bnnrepro without activating."""
+    return {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
+
+
 def run_stage(stage: str, workspace: str, log: str, env_update: dict[str, str | None]) -> int:
     """`dvc repro <stage>` in `workspace`, its output in `log`; the exit code. Runs in the engine's job
     process; `env_update` sets (or, for None, removes) variables such as CUDA_VISIBLE_DEVICES."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the stages' `python`
+    env = venv_first_on_path(os.environ)
     for key, value in env_update.items():
         if value is None:
             env.pop(key, None)
@@ -157,7 +163,7 @@ def run_stage(stage: str, workspace: str, log: str, env_update: dict[str, str | 
 @dataclass
 class Options:
     jobs: int
-    engine: str = "local"  # a submitit cluster: local (processes on this machine) | slurm | debug
+    engine: str = "local"  # a submitit cluster: local (processes on this machine) | slurm
     gpus: list[str] = field(default_factory=list)  # local: CUDA devices, handed out one per running job
     gpus_per_job: int = 1  # slurm
     partition: str | None = None  # slurm
@@ -200,8 +206,51 @@ def job_env(options: Options, slot: int) -> dict[str, str | None]:
 @dataclass
 class Running:
     job: object  # a submitit Job
-    slot: int
+    slot: int  # the worktree (and, locally, the GPU) the job uses
     log: Path
+
+
+@dataclass
+class Schedule:
+    """The planned stages on their way: waiting -> running -> done or failed; blocked when a stage upstream
+    of them failed."""
+    plan: dict[str, set[str]]
+    free_slots: list[int]
+    waiting: dict[str, set[str]] = field(init=False)
+    running: dict[str, Running] = field(default_factory=dict)
+    done: list[str] = field(default_factory=list)
+    failed: dict[str, Path] = field(default_factory=dict)
+    blocked: set[str] = field(default_factory=set)
+
+    def __post_init__(self):
+        self.waiting = dict(self.plan)
+
+    def ready(self) -> list[str]:
+        """Waiting stages whose upstream stages are done, as many as there are free slots."""
+        return [s for s, upstream in self.waiting.items() if not upstream - set(self.done)][:len(self.free_slots)]
+
+    def start(self, stage: str, submit) -> None:
+        slot = self.free_slots.pop(0)
+        self.running[stage] = submit(stage, slot)
+        del self.waiting[stage]
+
+    def finish(self, stage: str) -> set[str]:
+        """Record a finished job; the stages that its failure blocks (none if it succeeded)."""
+        r = self.running.pop(stage)
+        self.free_slots.append(r.slot)
+        if finished_ok(r.job):
+            self.done.append(stage)
+            return set()
+        self.failed[stage] = r.log
+        newly_blocked = blocked_by(stage, self.plan) & self.waiting.keys()
+        for s in newly_blocked:
+            del self.waiting[s]
+        self.blocked |= newly_blocked
+        return newly_blocked
+
+    def status(self) -> dict[str, int]:
+        return {"running": len(self.running), "waiting": len(self.waiting), "failed": len(self.failed),
+                "blocked": len(self.blocked)}
 
 
 def log_name(stage: str) -> str:
@@ -218,7 +267,8 @@ def finished_ok(job) -> bool:
 
 @contextmanager
 def coordinator_lock(root: Path) -> Iterator[None]:
-    """One coordinator per workspace (its workers' worktrees are its own); another waits for none."""
+    """One coordinator per workspace (the worktrees under .dvc/tmp/parallel/ are its own): a second one
+    stops at once."""
     (root / WORK).mkdir(parents=True, exist_ok=True)
     with open(root / WORK / "lock", "w") as f:
         try:
@@ -228,55 +278,43 @@ def coordinator_lock(root: Path) -> Iterator[None]:
         yield
 
 
-def run_parallel(root: Path, plan_: dict[str, set[str]], options: Options) -> tuple[list[str], dict[str, Path], set[str]]:
-    """Run the planned stages, at most `options.jobs` at a time; (done, failed stage -> log, blocked)."""
+def run_parallel(root: Path, plan_: dict[str, set[str]], options: Options) -> Schedule:
+    """Run the planned stages, at most `options.jobs` at a time, each in a worktree of its own; the
+    schedule at the end (done, failed, blocked)."""
     from tqdm import tqdm
 
-    commit = snapshot(root)
-    cache = cache_dir(root)
-    slots = list(range(options.jobs))
-    for slot in slots:
+    commit, cache = snapshot(root), cache_dir(root)
+    for slot in range(options.jobs):
         prepare_workspace(root, root / WORK / f"worker{slot}", commit, cache)
     (root / WORK / "logs").mkdir(exist_ok=True)
     ex = executor(options, root / WORK / "jobs")
 
-    waiting, running = dict(plan_), {}
-    done, failed, blocked = [], {}, set()
-    bar = tqdm(total=len(plan_), unit="stage", dynamic_ncols=True)
+    def submit(stage: str, slot: int) -> Running:
+        log = root / WORK / "logs" / log_name(stage)
+        job = ex.submit(run_stage, stage, str(root / WORK / f"worker{slot}"), str(log), job_env(options, slot))
+        return Running(job, slot, log)
+
+    schedule = Schedule(plan_, list(range(options.jobs)))
+    bar = tqdm(total=len(plan_), unit="stage", dynamic_ncols=True)  # its ETA: the mean stage time so far
     try:
-        while waiting or running:
-            for stage in [s for s, up in waiting.items() if not up - set(done)]:
-                if not slots:
-                    break
-                slot = slots.pop(0)
-                log = root / WORK / "logs" / log_name(stage)
-                job = ex.submit(run_stage, stage, str(root / WORK / f"worker{slot}"), str(log), job_env(options, slot))
-                running[stage] = Running(job, slot, log)
-                del waiting[stage]
-            for stage in [s for s, r in running.items() if r.job.done()]:
-                r = running.pop(stage)
-                slots.append(r.slot)
-                if finished_ok(r.job):
-                    done.append(stage)
-                    bar.update(1)
-                else:
-                    failed[stage] = r.log
-                    newly_blocked = blocked_by(stage, plan_) & waiting.keys()
-                    for s in newly_blocked:
-                        del waiting[s]
-                    blocked |= newly_blocked
-                    bar.write(f"FAILED {stage}: its log is {r.log}; {len(newly_blocked)} stages after it are blocked")
-                    bar.update(1 + len(newly_blocked))
-            bar.set_postfix({"running": len(running), "waiting": len(waiting), "failed": len(failed),
-                             "blocked": len(blocked)}, refresh=False)
+        while schedule.waiting or schedule.running:
+            for stage in schedule.ready():
+                schedule.start(stage, submit)
+            for stage in [s for s, r in schedule.running.items() if r.job.done()]:
+                log = schedule.running[stage].log
+                newly_blocked = schedule.finish(stage)
+                if stage in schedule.failed:
+                    bar.write(f"FAILED {stage}: its log is {log}; {len(newly_blocked)} stages after it are blocked")
+                bar.update(1 + len(newly_blocked))
+            bar.set_postfix(schedule.status(), refresh=False)
             time.sleep(POLL_SECONDS)
-    except BaseException:
-        for r in running.values():
+    except BaseException:  # Ctrl-C included: stop the jobs, a rerun resumes them
+        for r in schedule.running.values():
             r.job.cancel()
         raise
     finally:
         bar.close()
-    return done, failed, blocked
+    return schedule
 
 
 # ---- the command -----------------------------------------------------------------------------------------
@@ -325,8 +363,8 @@ def dvc_root(start: Path) -> Path:
 def restore(root: Path, stages: Sequence[str] = ()) -> int:
     """`dvc repro [stages]` in the main workspace: each stage a worker ran comes from the run-cache
     ("cached - skipping run"); only stages that cannot be restored (the reports) run here."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run([sys.executable, "-m", "dvc", "repro", *stages], cwd=root, env=env).returncode
+    return subprocess.run([sys.executable, "-m", "dvc", "repro", *stages], cwd=root,
+                          env=venv_first_on_path(os.environ)).returncode
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -335,15 +373,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     with coordinator_lock(root):
         todo = plan(root)
         print(f"{len(todo)} stages to run, {options.jobs} at a time ({options.engine})", flush=True)
-        done, failed, blocked = run_parallel(root, todo, options) if todo else ([], {}, set())
-        if failed:
-            if done:  # what finished is kept here too: a rerun plans only the failed stages and their dependants
+        schedule = run_parallel(root, todo, options) if todo else Schedule({}, [])
+        if schedule.failed:
+            if schedule.done:  # kept here too: a rerun plans only the failed stages and those after them
                 print("restoring the finished stages from the run-cache", flush=True)
-                restore(root, done)
-            for stage, log in failed.items():
+                restore(root, schedule.done)
+            for stage, log in schedule.failed.items():
                 print(f"failed: {stage} (log: {log})", flush=True)
-            print(f"{len(done)} stages done, {len(failed)} failed, {len(blocked)} not run because a stage before "
-                  f"them failed; run the command again to resume", flush=True)
+            print(f"{len(schedule.done)} stages done, {len(schedule.failed)} failed, {len(schedule.blocked)} not "
+                  f"run because a stage before them failed; run the command again to resume", flush=True)
             return 1
         print("restoring every stage from the run-cache: dvc repro", flush=True)
         return restore(root)

@@ -1,15 +1,16 @@
 """`bnnrepro repro --jobs 2` (bnnrepro/parallel.py) on a throwaway project of the real stage scripts.
 
 The project (tests/dvc_project.py's tiny LeNet5, one epoch of 1,000 MNIST images) has a data stage, three
-training stages and a summary stage that concatenates their metrics:
+training stages, a stage after one of them, and a summary whose `cache: false` output keeps it out of the
+run-cache, as the real report stage:
 
-    data -> train@a, train@b, train@long (4 epochs) -> summary
+    data -> train@a, train@b, train@long (4 epochs) -> keep_long (copies a file of models/long)
+                                                     -> summary (concatenates the metrics)
 
 Checked: two workers give byte for byte the outputs of a serial `dvc repro`, and the coordinator's final
-`dvc repro` runs no stage (every one restored from the run-cache); a training killed mid-run fails only its
-own stage and the summary, and the rerun resumes it from its checkpoint; the SLURM path through sbatch,
-srun and sacct stand-ins that run the jobs on this machine.
-"""
+`dvc repro` restores every training from the run-cache and runs only the summary; a training killed
+mid-run fails its own stage and blocks only keep_long, and the rerun resumes it from its checkpoint; the
+SLURM path through sbatch, srun and sacct stand-ins that run the jobs on this machine."""
 
 from __future__ import annotations
 
@@ -259,3 +260,39 @@ def test_a_failure_blocks_its_dependants_only():
     assert blocked_by("train@long", plan) == {"keep_long", "eval_long"}
     assert blocked_by("data", plan) == {"train@a", "train@long", "keep_long", "eval_long"}
     assert blocked_by("train@a", plan) == set()
+
+
+def test_workers_check_out_the_working_tree_as_it_is(tmp_path):
+    """Uncommitted edits and new files are in the snapshot; HEAD and the index stay as they were."""
+    from bnnrepro.parallel import WORK, git, snapshot
+
+    env = project_env(Path.cwd(), None)
+    run(["git", "init", "--quiet"], tmp_path, env)
+    (tmp_path / ".gitignore").write_text("/.dvc/tmp/\n")
+    (tmp_path / "params.yaml").write_text("profile: quick\n")
+    run(["git", "add", "-A"], tmp_path, env)
+    run(["git", "commit", "--quiet", "-m", "project"], tmp_path, env)
+    (tmp_path / WORK).mkdir(parents=True)
+    head = git(["rev-parse", "HEAD"], tmp_path)
+    assert snapshot(tmp_path) == head  # a clean tree is HEAD itself
+
+    (tmp_path / "params.yaml").write_text("profile: paper\n")
+    (tmp_path / "new.yml").write_text("lr: 0.1\n")
+    commit = snapshot(tmp_path)
+    assert git(["show", f"{commit}:params.yaml"], tmp_path) == "profile: paper"
+    assert git(["show", f"{commit}:new.yml"], tmp_path) == "lr: 0.1"
+    assert git(["rev-parse", "HEAD"], tmp_path) == head
+    assert git(["diff", "--cached", "--name-only"], tmp_path) == ""  # nothing staged
+    assert git(["ls-files", "--others", "--exclude-standard"], tmp_path) == "new.yml"  # still untracked
+
+
+def test_a_second_coordinator_in_the_same_workspace_stops_at_once(tmp_path):
+    from bnnrepro.errors import UsageError
+    from bnnrepro.parallel import coordinator_lock
+
+    with coordinator_lock(tmp_path):
+        with pytest.raises(UsageError, match="another `bnnrepro repro` runs"):
+            with coordinator_lock(tmp_path):
+                pass
+    with coordinator_lock(tmp_path):  # free again once the first has ended
+        pass
