@@ -30,6 +30,10 @@ from bnnrepro.errors import InputError, UsageError
 
 WORK = Path(".dvc/tmp/parallel")  # workspaces, logs and the engine's job folder, under the main workspace
 SHARED = ("checkpoints", "runs")  # not DVC outputs: a killed training resumes from checkpoints/ in any workspace
+# The outputs in a worktree only pass through it: links into the cache instead of copies, so that N worktrees
+# do not hold N copies of every prepared dataset (DVC makes linked files read-only; no stage edits its
+# inputs in place). The main workspace keeps its own cache.type.
+WORKER_LINKS = "reflink,hardlink,symlink,copy"
 POLL_SECONDS = 1.0
 LOCAL_TIMEOUT_MIN = 60 * 24 * 30  # submitit's local jobs are killed after timeout_min (default 2): never, here
 
@@ -129,7 +133,7 @@ def prepare_workspace(root: Path, workspace: Path, commit: str, cache: Path) -> 
     from dvc.config import Config
 
     with Config(dvc_dir=str(workspace / ".dvc")).edit("local") as conf:
-        conf.setdefault("cache", {})["dir"] = str(cache)
+        conf.setdefault("cache", {}).update(dir=str(cache), type=WORKER_LINKS)
     for name in SHARED:  # `git clean` above removes the links (git ignores `/checkpoints/` as folders only)
         (root / name).mkdir(exist_ok=True)
         if not (workspace / name).is_symlink():
@@ -284,7 +288,8 @@ def run_parallel(root: Path, plan_: dict[str, set[str]], options: Options) -> Sc
     from tqdm import tqdm
 
     commit, cache = snapshot(root), cache_dir(root)
-    for slot in range(options.jobs):
+    slots = list(range(min(options.jobs, len(plan_))))
+    for slot in slots:
         prepare_workspace(root, root / WORK / f"worker{slot}", commit, cache)
     (root / WORK / "logs").mkdir(exist_ok=True)
     ex = executor(options, root / WORK / "jobs")
@@ -294,7 +299,7 @@ def run_parallel(root: Path, plan_: dict[str, set[str]], options: Options) -> Sc
         job = ex.submit(run_stage, stage, str(root / WORK / f"worker{slot}"), str(log), job_env(options, slot))
         return Running(job, slot, log)
 
-    schedule = Schedule(plan_, list(range(options.jobs)))
+    schedule = Schedule(plan_, slots)
     bar = tqdm(total=len(plan_), unit="stage", dynamic_ncols=True)  # its ETA: the mean stage time so far
     try:
         while schedule.waiting or schedule.running:

@@ -204,7 +204,11 @@ echo "Submitted batch job $id"
     "srun": """\
 out=/dev/null; err=/dev/null
 while [[ $1 == --* ]]; do
-  case $1 in --output) out=${2//%j/$SLURM_JOB_ID}; shift 2;; --error) err=${2//%j/$SLURM_JOB_ID}; shift 2;; *) shift;; esac
+  case $1 in
+    --output) out=${2//%j/$SLURM_JOB_ID}; shift 2;;
+    --error) err=${2//%j/$SLURM_JOB_ID}; shift 2;;
+    *) shift;;
+  esac
 done
 out=${out//%t/0}; err=${err//%t/0}; mkdir -p "$(dirname "$out")" "$(dirname "$err")"
 exec "$@" > "$out" 2> "$err"
