@@ -337,6 +337,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--time-min", type=int, default=24 * 60, help="slurm: time limit of one job in minutes")
     p.add_argument("--slurm-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="slurm: a further sbatch option, e.g. account=myproject (repeatable)")
+    p.add_argument("--dry", action="store_true", help="list the stages that would run in parallel and stop")
     return p.parse_args(argv)
 
 
@@ -373,11 +374,16 @@ def restore(root: Path, stages: Sequence[str] = ()) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    options = options_from(parse_args(argv))
+    args = parse_args(argv)
+    options = options_from(args)
     root = dvc_root(Path.cwd())
     with coordinator_lock(root):
         todo = plan(root)
         print(f"{len(todo)} stages to run, {options.jobs} at a time ({options.engine})", flush=True)
+        if args.dry:
+            for stage, upstream in todo.items():
+                print(f"  {stage}" + (f"  (after {', '.join(sorted(upstream))})" if upstream else ""))
+            return 0
         schedule = run_parallel(root, todo, options) if todo else Schedule({}, [])
         if schedule.failed:
             if schedule.done:  # kept here too: a rerun plans only the failed stages and those after them

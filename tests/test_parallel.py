@@ -155,6 +155,7 @@ def kill_when_checkpointed(coordinator: subprocess.Popen, folder: Path, run_name
     raise AssertionError(f"train@{run_name} never wrote a checkpoint")
 
 
+@pytest.mark.pipeline
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the training process in /proc")
 def test_two_workers_equal_a_serial_run_and_resume_a_killed_training(serial, tmp_path, repo_root):
     reference, env = serial
@@ -228,6 +229,7 @@ done
 }
 
 
+@pytest.mark.pipeline
 def test_slurm_path_through_sbatch_stand_ins(serial, tmp_path, repo_root):
     """`--engine slurm`: one sbatch job per stage with the partition, GPUs and time asked for; this project
     shares the serial project's DVC cache (as a team's clones would), so every job restores its stage
