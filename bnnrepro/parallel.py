@@ -180,11 +180,12 @@ def executor(options: Options, folder: Path):
     """The submitit executor of `options.engine`: the same code submits to SLURM and to local processes."""
     import submitit
 
+    if options.engine == "slurm" and shutil.which("sbatch") is None:
+        raise UsageError("--engine slurm: sbatch is not on PATH - run on a node that submits SLURM jobs")
     ex = submitit.AutoExecutor(folder=folder / "%j", cluster=options.engine)
     if options.engine == "slurm":
         params = {"timeout_min": options.time_min, "gpus_per_node": options.gpus_per_job, "nodes": 1,
-                  "tasks_per_node": 1, "slurm_additional_parameters": dict(options.slurm),
-                  "name": "bnnrepro"}
+                  "tasks_per_node": 1, "slurm_additional_parameters": dict(options.slurm)}
         if options.partition:
             params["slurm_partition"] = options.partition
         if options.cpus_per_job:
@@ -296,6 +297,7 @@ def run_parallel(root: Path, plan_: dict[str, set[str]], options: Options) -> Sc
 
     def submit(stage: str, slot: int) -> Running:
         log = root / WORK / "logs" / log_name(stage)
+        ex.update_parameters(name=stage.split(":")[-1])  # squeue shows the stage, e.g. sgdat@sgdm-cifar10
         job = ex.submit(run_stage, stage, str(root / WORK / f"worker{slot}"), str(log), job_env(options, slot))
         return Running(job, slot, log)
 

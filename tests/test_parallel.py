@@ -249,6 +249,8 @@ def test_slurm_path_through_sbatch_stand_ins(serial, tmp_path, repo_root):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     scripts = sorted(bin_dir.glob("job*.sh"))
     assert len(scripts) == 5  # data, three trainings, keep_long
+    assert {line for script in scripts for line in script.read_text().splitlines() if "--job-name" in line} == {
+        f"#SBATCH --job-name={stage}" for stage in ("data", "train@a", "train@b", "train@long", "keep_long")}
     for script in scripts:
         text = script.read_text()
         for flag in ("--partition=gpu-test", "--gpus-per-node=1", "--time=90", "--account=bnn"):
