@@ -4,6 +4,7 @@
     bnnrepro train my_run --config config/rwth/binary_mnist.yml --data data/prepared/mnist
     bnnrepro infer --model-path pretrained/lenet5_binary_mnist --json
     bnnrepro report
+    bnnrepro repro --jobs 8 --gpus 0,1,2,3,4,5,6,7
     bnnrepro train --help
 
 A subcommand hands the rest of its command line to the entry point's main(argv) untouched, so its
@@ -39,6 +40,7 @@ COMMANDS = {
     "train": Command("stages/train.py", "train one experiment config; a killed run resumes"),
     "infer": Command("bnnrepro.infer", "evaluate a saved model on its dataset's test split"),
     "report": Command("stages/report.py", "write reports/ from the pipeline's results"),
+    "repro": Command("bnnrepro.parallel", "run the pipeline's stages in parallel (GPUs, SLURM), then dvc repro"),
 }
 
 
