@@ -3,12 +3,16 @@ shared training loop and end with identical weights on both ranks."""
 
 from __future__ import annotations
 
+import pytest
+
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import torch
+
+pytestmark = pytest.mark.slow  # real processes: seconds each
 
 ROOT = Path(__file__).resolve().parents[1]
 

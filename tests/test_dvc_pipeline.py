@@ -31,7 +31,8 @@ from dvc_project import METRICS, PRODUCTS, clone, create_project, dvc_executable
 from bnnrepro.runtime import device_name
 
 DVC = dvc_executable()
-pytestmark = pytest.mark.skipif(DVC is None, reason="dvc is not installed (it is a dependency in pyproject.toml)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(DVC is None, reason="dvc is not installed (it is a dependency in pyproject.toml)")]
 
 ENV = project_env(REPO_ROOT, MIRROR, offline_env())  # offline: official URLs go to a dead proxy
 QUEUE_TIMEOUT_S = 300

@@ -9,9 +9,12 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from bnnrepro.data.prepared import write_prepared
+
+pytestmark = pytest.mark.slow  # real processes: seconds each
 
 
 def tiny_mnist(folder):

@@ -54,9 +54,7 @@ stages:
         - threads
       outs:
         - models/${{key}}
-      metrics:
-        - reports/runs/${{key}}/metrics.json:
-            cache: false
+        - reports/runs/${{key}}/metrics.json
       plots:
         - reports/runs/${{key}}/history.csv:
             cache: false

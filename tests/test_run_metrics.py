@@ -53,9 +53,11 @@ def test_a_bad_metrics_file_is_one_clear_error(tmp_path, content, message):
         RunMetrics.read(tmp_path / "metrics.json")
 
 
-def test_every_committed_metrics_file_reads():
+def test_every_metrics_file_of_the_workspace_reads():
+    """The pipeline's own files (DVC-cached outputs: present after `dvc repro` or `dvc pull`)."""
     files = sorted((REPO / "reports" / "runs").glob("*/metrics.json"))
-    assert files
+    if not files:
+        pytest.skip("no reports/runs/*/metrics.json in this workspace: run `make repro` first")
     for path in files:
         m = RunMetrics.read(path)
         assert m.run == path.parent.name
