@@ -142,3 +142,22 @@ def test_comparable_sets_runs_of_one_dataset_and_model_against_each_other(tmp_pa
     assert row["how_far"].startswith("mean gap over 2 dataset x model cells, from -10.00 (binary 20.00 "
                                      "(ft_binary_caltech256_reactnet_a) vs baseline 30.00 (ft_adam_caltech256_reactnet_a))")
     assert row["how_far"].endswith("; 1 of 3 dataset x model cells not run")
+
+
+def test_comparable_from_shipped_models_uses_this_commits_evaluation(tmp_path):
+    """`shipped: true`: the runs are pretrained/<name> models; the accuracy is the one stage infer@<name> measured
+    (reports/pretrained/<name>.json), the budget the one the metadata records."""
+    pretrained, evaluated = tmp_path / "pretrained", tmp_path / "reports" / "pretrained"
+    for name, top1 in (("digit_flip_a", 86.5), ("digit_flip_b", 88.0), ("digit_real", 90.25)):
+        write(pretrained / name / "metadata.json",
+              {"config": {"paper": "bws", "reported": {}, "optim": {"name": "flip"}}, "profile": "paper",
+               "epochs_trained": 100, "seed": 1, "input": {"channels": 1, "image_size": 8, "num_classes": 10}})
+        write(evaluated / f"{name}.json", {"accuracy": top1, "n": 357, "dataset": "digits", "device": "cpu",
+                                           "model": "mlp", "method": "binary, STE bnn"})
+    write(pretrained / "not_evaluated" / "metadata.json", {})  # no infer@ result yet: not counted
+    claim = {"binary": "digit_flip_*", "baseline": "digit_real", "shipped": True}
+    row = claims.from_comparable(claim, claims.Results(tmp_path / "runs", pretrained, evaluated, tmp_path))
+    assert row["ours"] == -2.25
+    assert row["how_far"] == "binary 88.00 (digit_flip_b) vs baseline 90.25 (digit_real)"
+    assert row["budget"] == "shipped models: 100 epochs, seed 1, cpu, paper profile"
+    assert row["source"] == "pretrained/digit_flip_*"

@@ -47,6 +47,24 @@ class Results:
         return [RunMetrics.read(p) for p in sorted(self.runs.glob("*/metrics.json"))
                 if fnmatch.fnmatchcase(p.parent.name, pattern)]
 
+    def shipped_matching(self, pattern: str) -> list[RunMetrics]:
+        """The shipped models (pretrained/<name>) named by `pattern`, as runs: their recipe and budget from the
+        metadata, their test accuracy from this commit's evaluation (stage infer@<name>)."""
+        return [shipped_as_run(p.parent.name, self) for p in sorted(self.pretrained.glob("*/metadata.json"))
+                if fnmatch.fnmatchcase(p.parent.name, pattern)
+                and (self.pretrained_results / f"{p.parent.name}.json").is_file()]
+
+
+def shipped_as_run(name: str, results: Results) -> RunMetrics:
+    meta = json.loads((results.pretrained / name / "metadata.json").read_text())
+    result = json.loads((results.pretrained_results / f"{name}.json").read_text())
+    cfg = meta["config"]
+    return RunMetrics(run=name, paper=cfg["paper"], status="trained", profile=meta["profile"],
+                      epochs=meta["epochs_trained"], seed=meta["seed"], device=result["device"],
+                      dataset=result["dataset"], num_classes=meta["input"]["num_classes"], model=result["model"],
+                      method=result["method"], optimizer=cfg["optim"]["name"], reported=cfg.get("reported", {}),
+                      test_top1=result["accuracy"], test_top5=result.get("top5"), test_n=result["n"])
+
 
 def official_weights(name: str, results: Results) -> str:
     """The publisher's own weights evaluated by our code (stage infer@official_<name>), or why not."""
@@ -131,10 +149,15 @@ def from_comparable(claim: dict, results: Results) -> dict[str, Any]:
     """Our binary runs against the baseline runs on the same dataset and model (the papers say "comparable"
     without a number): in each such cell the best binary run against the best baseline run. One cell (Digit,
     BinSFO's MNIST MLP) gives that gap; several (the fine-tuning grid: datasets x models) give the mean gap and
-    its range. Runs on different datasets are never set against each other: their accuracies do not compare."""
+    its range. Runs on different datasets are never set against each other: their accuracies do not compare.
+    `shipped: true`: the runs are shipped models (pretrained/<name>, trained at the paper's budget), not this
+    profile's runs."""
+    runs_matching = results.shipped_matching if claim.get("shipped") else results.runs_matching
+    shipped = "shipped models: " if claim.get("shipped") else ""
+
     def best_per_cell(pattern: str) -> dict[tuple[str, str], RunMetrics]:
         cells: dict[tuple[str, str], RunMetrics] = {}
-        for m in results.runs_matching(pattern):
+        for m in runs_matching(pattern):
             cell = (m.dataset, m.model)
             if m.trained and (cell not in cells or m.test_top1 > cells[cell].test_top1):
                 cells[cell] = m
@@ -143,12 +166,12 @@ def from_comparable(claim: dict, results: Results) -> dict[str, Any]:
     binary, baseline = best_per_cell(claim["binary"]), best_per_cell(claim["baseline"])
     pairs = [(binary[cell], baseline[cell]) for cell in sorted(binary) if cell in baseline]
     if not pairs:
-        skipped = results.runs_matching(claim["binary"]) + results.runs_matching(claim["baseline"])
+        skipped = runs_matching(claim["binary"]) + runs_matching(claim["baseline"])
         return {"published": None, **not_run(skipped[0] if skipped else None, claim["binary"])}
     gaps = [round(b.test_top1 - r.test_top1, 2) for b, r in pairs]
     collapsed = sorted({m.run for pair in pairs for m in pair if m.collapsed})
     note = f"; collapsed to chance: {', '.join(collapsed)}" if collapsed else ""
-    cells = {(m.dataset, m.model) for m in results.runs_matching(claim["binary"])}
+    cells = {(m.dataset, m.model) for m in runs_matching(claim["binary"])}
     missing = f"; {len(cells) - len(pairs)} of {len(cells)} dataset x model cells not run" if len(pairs) < len(cells) else ""
 
     def versus(i: int) -> str:
@@ -162,7 +185,8 @@ def from_comparable(claim: dict, results: Results) -> dict[str, Any]:
         how_far = (f"mean gap over {len(pairs)} dataset x model cells, from {gaps[lo]:+.2f} ({versus(lo)}) "
                    f"to {gaps[hi]:+.2f} ({versus(hi)})")
     return {"published": None, "ours": round(sum(gaps) / len(gaps), 2), "verdict": OURS,
-            "how_far": how_far + note + missing, "budget": budget(pairs[0][0]), "source": claim["binary"],
+            "how_far": how_far + note + missing, "budget": shipped + budget(pairs[0][0]),
+            "source": ("pretrained/" if shipped else "") + claim["binary"],
             "unit": "points"}
 
 
