@@ -130,6 +130,8 @@ class TrainConfig:
     deterministic: bool = True        # deterministic kernels (cuDNN/cuBLAS) on GPU
     pack_weights: bool = False        # binary-weight optimizers: keep the weights as sign bits (8 per byte)
                                       # between steps, float +-1 only during forward/backward/step
+    memory_efficient: bool = False    # binary-weight optimizers: update each binary weight inside backward as
+                                      # soon as its gradient is complete, and free that gradient (docs/memory.md)
     latent_init: str = "model"        # model: the layers' own init | zero: every latent weight starts at 0, as
                                       # the SGDAT code (docs/sgdat.md#zero-latent-init)
     tie_break: str = "topk"           # how accuracy ranks exactly tied logits: topk (torch.topk's order) |
@@ -224,7 +226,7 @@ DIGEST_OMITS_DEFAULT = {"data": ("resize", "order"),
                                   "xnor_scale", "pretrained", "sign_rule"),
                         "optim": ("lr_exp_decay", "grad_clip", "args", "reset_each_epoch", "lr_cosine_epochs",
                                   "lr_batch_reference", "lr_batch_per_step"),
-                        "train": ("latent_init", "pack_weights", "tie_break", "max_steps")}
+                        "train": ("latent_init", "pack_weights", "tie_break", "max_steps", "memory_efficient")}
 OPTIONAL_SECTIONS = {"optim_fp": OptimConfig}
 
 

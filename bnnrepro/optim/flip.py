@@ -92,8 +92,7 @@ class FlipOptimizer(PerParameterOptimizer):
 
     def temperature(self, p: torch.Tensor) -> float | torch.Tensor:
         """The temperature the next step of `p` will use (for logs and tests)."""
-        group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
-        return self._temperature(self.state[p], group)
+        return self._temperature(self.state[p], self.group_of(p))
 
     @staticmethod
     def _temperature(state: dict, group: dict) -> float | torch.Tensor:
