@@ -88,10 +88,11 @@ def test_gradients_of_binary_weights_never_coexist(monkeypatch, tmp_path):
     alive, updated = [], []
     step_parameter = PerParameterOptimizer.step_parameter
 
-    def counting(self, p):
+    def counting(self, p, free_grad=False):
         alive.append(sum(q.grad is not None for g in self.param_groups for q in g["params"]))
         updated.append(id(p))
-        step_parameter(self, p)
+        step_parameter(self, p, free_grad)
+        assert free_grad and p.grad is None
 
     monkeypatch.setattr(PerParameterOptimizer, "step_parameter", counting)
     stepped = []

@@ -31,9 +31,22 @@ class PerParameterOptimizer(Optimizer):
         return loss
 
     @torch.no_grad()
-    def step_parameter(self, p: torch.Tensor) -> None:
-        """The update step() makes of `p`, alone (p.grad must be set)."""
-        self.update(p, self.state[p], self.group_of(p))
+    def step_parameter(self, p: torch.Tensor, free_grad: bool = False) -> None:
+        """The update step() makes of `p`, alone (p.grad must be set). With `free_grad` the gradient is
+        dropped afterwards, so the rule may write its scratch values into it (`grad_scratch`)."""
+        self._grad_is_scratch = free_grad
+        try:
+            self.update(p, self.state[p], self.group_of(p))
+        finally:
+            self._grad_is_scratch = False
+        if free_grad:
+            p.grad = None
+
+    def grad_scratch(self, p: torch.Tensor) -> torch.Tensor | None:
+        """The `out=` of a scratch tensor of p's shape that the rule computes once it has read p.grad for
+        the last time: the gradient itself when it is dropped after this update (one tensor of p's size
+        fewer at the peak of a step), else None (a new tensor: after step() the gradient stays readable)."""
+        return p.grad if getattr(self, "_grad_is_scratch", False) else None
 
     def group_of(self, p: torch.Tensor) -> dict:
         return next(g for g in self.param_groups if any(q is p for q in g["params"]))
@@ -56,8 +69,7 @@ def updates_in_backward(optimizer: PerParameterOptimizer,
     def hook(p: torch.Tensor) -> None:
         if before_update is not None:
             before_update(p)
-        optimizer.step_parameter(p)
-        p.grad = None
+        optimizer.step_parameter(p, free_grad=True)
 
     handles = [p.register_post_accumulate_grad_hook(hook) for g in optimizer.param_groups for p in g["params"]]
     try:
