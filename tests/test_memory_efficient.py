@@ -1,25 +1,30 @@
 """train.memory_efficient (docs/memory.md): binary weights updated inside backward, each as soon as its
-gradient is complete, which is then freed. The same runs as the plain mode, byte for byte: weights,
-optimizer state, flip counts, metrics and history, for flip, Bop and SGDAT on an MLP and a conv net."""
+gradient is complete, which is then freed, and sign activations saved for backward as bits. The same
+runs as the plain mode, byte for byte: weights, optimizer state, flip counts, metrics and history, for
+flip, Bop and SGDAT on an MLP and a conv net; the same gradients with 1-bit saved activations."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
-from bnnrepro.config import ConfigError
+from bnnrepro.analysis.training_state import METHODS, measure_training_memory, method_config
+from bnnrepro.config import ConfigError, load_experiment
 from bnnrepro.engine.distributed import Ranks
 from bnnrepro.engine.train import fit
 from bnnrepro.models import build_model
-from bnnrepro.nn.layers import quantized_layers
+from bnnrepro.nn.layers import one_bit_saved_activations, quantized_layers
 from bnnrepro.optim import build_optimizers
 from bnnrepro.optim.base import PerParameterOptimizer
 from bnnrepro.optim.flip import FlipOptimizer
 from test_published_options import binsfo, tiny
 from test_train import CPU, assert_same_state, config, tiny_mnist, without_timing
+
+REPO = Path(__file__).resolve().parents[1]
 
 # the binary-weight methods on BinSFO's MLP (narrowed; no full-precision parameter, one regime) ...
 MLP_METHODS = {
@@ -117,3 +122,41 @@ def test_digest_counts_memory_efficient_only_when_set():
     explicit = config(**CONV_METHODS["bop"], **{"train.memory_efficient": False})
     efficient = config(**CONV_METHODS["bop"], **{"train.memory_efficient": True})
     assert plain.digest() == explicit.digest() != efficient.digest()
+
+
+def gradients(model, x, bits: bool) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    with one_bit_saved_activations(model) if bits else contextlib.nullcontext():
+        loss = model(x).square().mean()
+    loss.backward()
+    return {name: p.grad for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("arch", ["binarynet", "lenet5"])
+def test_one_bit_saved_activations_give_the_same_gradients(arch):
+    # BinaryNet (narrowed): Hardtanh, then the hardtanh STE, before every binary layer; LeNet5: round_half_even
+    if arch == "binarynet":
+        cfg = load_experiment(REPO / "config" / "sgdat" / "binarynet_cifar10.yml", {"model.width": 0.0625})
+        shape = (3, 8, 8)
+    else:
+        cfg, shape = config(), (1, 28, 28)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, shape[0], 10, shape[1]).to(memory_format=torch.channels_last).train()
+    x = torch.randn(6, *shape).to(memory_format=torch.channels_last)
+    plain, bits = gradients(model, x, False), gradients(model, x, True)
+    assert_same_state(plain, bits)
+    assert not any(getattr(m, "save_bits", False) for m in model.modules())  # switched off again
+
+
+def test_memory_efficient_step_holds_fewer_activations_and_gradients():
+    cfg = config()
+    flip = METHODS["flip (BWS/BinSFO), packed weights"]
+    peaks = {}
+    for efficient in (False, True):
+        torch.manual_seed(0)
+        model = build_model(cfg.model, 1, 10, 28)
+        method = dataclasses.replace(flip, memory_efficient=efficient)
+        peaks[efficient] = measure_training_memory(model, method_config(cfg, method, True), (1, 28, 28), 50)
+    plain, efficient = (peaks[k]["peak_step_components"] for k in (False, True))
+    assert sum(plain.values()) == peaks[False]["peak_step"] and sum(efficient.values()) == peaks[True]["peak_step"]
+    assert efficient["activations"] < plain["activations"] and peaks[True]["peak_step"] < peaks[False]["peak_step"]

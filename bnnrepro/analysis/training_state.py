@@ -23,6 +23,7 @@ import torch.nn as nn
 from torch.distributed._tools.mem_tracker import MemTracker
 
 from bnnrepro.config import ExperimentConfig, OptimConfig
+from bnnrepro.nn.layers import one_bit_saved_activations
 from bnnrepro.nn.packing import PackedBinaryWeights
 from bnnrepro.optim import build_optimizers, split_parameters
 
@@ -87,12 +88,13 @@ def measure_training_memory(model: nn.Module, cfg: ExperimentConfig, input_shape
     model.train()
     # installed after the forward pass, so MemTracker's own gradient hooks (set up during the forward of a
     # tracked step) see each gradient before the update frees it
-    in_backward = optimizers.updates_in_backward if cfg.train.memory_efficient else contextlib.nullcontext
+    efficient = cfg.train.memory_efficient
 
     def step():
         optimizers.zero_grad()
-        loss = model(x).square().mean()
-        with in_backward():
+        with one_bit_saved_activations(model) if efficient else contextlib.nullcontext():
+            loss = model(x).square().mean()
+        with optimizers.updates_in_backward() if efficient else contextlib.nullcontext():
             loss.backward()
         optimizers.step()
 

@@ -29,7 +29,8 @@ from bnnrepro.engine.losses import bin_regularizer, loss_function
 from bnnrepro.errors import InputError
 from bnnrepro.models import build_model
 from bnnrepro.models.pretrained import load_pretrained
-from bnnrepro.nn.layers import clip_latent_weights_, init_latent_weights_, quantized_layers
+from bnnrepro.nn.layers import (clip_latent_weights_, init_latent_weights_, one_bit_saved_activations,
+                                quantized_layers)
 from bnnrepro.nn.packing import PackedBinaryWeights
 from bnnrepro.optim import TrainingOptimizers, build_optimizers
 from bnnrepro.runtime import reuse_freed_memory, seed_everything, set_deterministic
@@ -151,16 +152,24 @@ def train_one_epoch(model, loader, optimizer: TrainingOptimizers, cfg: Experimen
     if packed:
         packed.pack_()
     flips = FlipCounter(weights, packed)
-    # train.memory_efficient: the binary weights update inside backward, each as its gradient completes
-    in_backward = optimizer.updates_in_backward(cfg.optim.grad_clip) if cfg.train.memory_efficient \
-        else contextlib.nullcontext()
     try:
-        with in_backward:
+        with memory_efficient_steps(model, optimizer, cfg):
             row = _train_steps(net or model, loader, optimizer, cfg, epoch, bar, flips, packed, ranks)
     finally:
         if packed:
             packed.unpack_()
     return {**row, "flips": flips.total()} if flips.weights else row
+
+
+@contextlib.contextmanager
+def memory_efficient_steps(model: nn.Module, optimizer: TrainingOptimizers, cfg: ExperimentConfig):
+    """train.memory_efficient (docs/memory.md): within, the binary weights update inside backward, each as
+    its gradient completes, and sign activations save 1 bit per value for backward. Nothing otherwise."""
+    if not cfg.train.memory_efficient:
+        yield
+        return
+    with optimizer.updates_in_backward(cfg.optim.grad_clip), one_bit_saved_activations(model):
+        yield
 
 
 def _train_steps(model, loader, optimizer, cfg, epoch, bar, flips, packed, ranks) -> dict[str, float]:
