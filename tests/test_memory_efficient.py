@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
 
 from bnnrepro.analysis.training_state import METHODS, measure_training_memory, method_config
 from bnnrepro.config import ConfigError, load_experiment
@@ -18,6 +19,7 @@ from bnnrepro.engine.distributed import Ranks
 from bnnrepro.engine.train import fit
 from bnnrepro.models import build_model
 from bnnrepro.nn.layers import one_bit_saved_activations, quantized_layers
+from bnnrepro.nn.saved_bits import torch_layers_saving_less
 from bnnrepro.optim import build_optimizers
 from bnnrepro.optim.base import PerParameterOptimizer
 from bnnrepro.optim.flip import FlipOptimizer
@@ -160,3 +162,36 @@ def test_memory_efficient_step_holds_fewer_activations_and_gradients():
     plain, efficient = (peaks[k]["peak_step_components"] for k in (False, True))
     assert sum(plain.values()) == peaks[False]["peak_step"] and sum(efficient.values()) == peaks[True]["peak_step"]
     assert efficient["activations"] < plain["activations"] and peaks[True]["peak_step"] < peaks[False]["peak_step"]
+
+
+@pytest.mark.parametrize("pool", [nn.MaxPool2d(2), nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+                                  nn.MaxPool2d((2, 3), stride=1)])
+def test_max_pooling_saving_offsets_matches_torch(pool):
+    x = torch.randint(-3, 4, (2, 3, 7, 9)).float()  # many ties: the first maximum must win, as in torch
+    x[0, 0, 0, 0] = float("nan")
+    for layout in (torch.contiguous_format, torch.channels_last):
+        grads = []
+        for compact in (False, True):
+            leaf = x.clone().to(memory_format=layout).requires_grad_()
+            with torch_layers_saving_less(pool) if compact else contextlib.nullcontext():
+                out = pool(leaf)
+            out.backward(torch.arange(out.numel(), dtype=torch.float32).reshape(out.shape))
+            grads.append((out, leaf.grad))
+        (out, grad), (compact_out, compact_grad) = grads
+        assert torch.equal(out.nan_to_num(), compact_out.nan_to_num()) and torch.equal(grad, compact_grad)
+        assert grad.stride() == compact_grad.stride()
+    assert "forward" not in vars(pool)  # restored
+
+
+def test_hardtanh_saving_window_matches_torch():
+    x = torch.tensor([-2.0, -1.0, -0.5, 0.0, 1.0, 3.0, float("nan")])
+    grads = []
+    for compact in (False, True):
+        leaf = x.clone().requires_grad_()
+        act = nn.Hardtanh()
+        with torch_layers_saving_less(act) if compact else contextlib.nullcontext():
+            out = act(leaf)
+        out.backward(-torch.ones_like(out))
+        grads.append((out, leaf.grad))
+    assert torch.equal(grads[0][0].nan_to_num(), grads[1][0].nan_to_num())
+    assert torch.equal(grads[0][1], grads[1][1]) and not grads[1][1].signbit()[[0, 1, 4, 5]].any()  # +0.0

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from bnnrepro.nn.quantizers import (SIGN_RULES, TERNARY_ACT_K, WEIGHT_SCALES, binarize, quantize_weight, sign,
                                     ternarize_ste)
 from bnnrepro.nn.saved_bits import ESTIMATORS as BIT_SAVING_ESTIMATORS
-from bnnrepro.nn.saved_bits import binarize_saving_bits, mark_signs, signs_saved_as_bits
+from bnnrepro.nn.saved_bits import binarize_saving_bits, mark_signs, signs_saved_as_bits, torch_layers_saving_less
 
 PRECISIONS = ("fp", "binary", "ternary")
 
@@ -130,14 +130,14 @@ class QuantAct(nn.Module):
 def one_bit_saved_activations(model: nn.Module):
     """Within: the binary activations of `model` whose STE allows it, and the +-1 weights of its binary
     layers (XNOR-scaled ones are not +-1), save 1 bit per value for backward, and so do the layers they
-    feed (nn/saved_bits.py); the same values, forward and backward."""
+    feed; Hardtanh and max pooling save less too (nn/saved_bits.py). The same values, forward and backward."""
     acts = [m for m in model.modules() if isinstance(m, QuantAct) and m.precision == "binary"
             and m.estimator in BIT_SAVING_ESTIMATORS]
     acts += [m for m in quantized_layers(model) if m.precision == "binary" and getattr(m, "scale", "none") == "none"]
     for m in acts:
         m.save_bits = True
     try:
-        with signs_saved_as_bits():
+        with signs_saved_as_bits(), torch_layers_saving_less(model):
             yield
     finally:
         for m in acts:
