@@ -1,7 +1,7 @@
 """Benchmark: the peak of one training step, by component, and the step time, per training method
 (issue 18: the memory-efficient training step, docs/memory.md).
 
-    .venv/bin/python benchmarks/memory_step.py [--models mlp,binarynet,lenet5] [--steps 3] [--threads 0]
+    .venv/bin/python benchmarks/memory_step.py [--models mlp,binarynet,lenet5] [--steps 3] [--seconds 3]
 
 For latent Adam, latent SGD, Bop, flip with packed weights and the same flip with train.memory_efficient,
 on BinSFO's MLP (64x64 MNIST, width 1024, batch 256), BinaryNet on CIFAR-10-shaped input (batch 256) and
@@ -12,8 +12,9 @@ LeNet5 (batch 50), all on synthetic input:
   report (bnnrepro.analysis.training_state.measure_training_memory: torch's MemTracker, which follows
   every tensor storage; on a GPU also torch.cuda.max_memory_allocated of the same step);
 - the ratio of each peak to latent Adam's;
-- seconds per training step through the training loop itself (train_one_epoch), the median of
-  --steps steps after one warm-up step, and its ratio to plain packed flip.
+- seconds per training step through the training loop itself (train_one_epoch), the median of at
+  least --steps steps (more for fast models: about --seconds of them) after a warm-up, and its ratio
+  to plain packed flip.
 
 Not a timed test: numbers move with the machine; the ratios are what to read.
 """
@@ -59,21 +60,26 @@ class _Steps:
         self.times.append(time.perf_counter())
 
 
-def step_seconds(cfg, model, shape, steps: int, device: torch.device) -> float:
-    """Median seconds of one step of the training loop (after one warm-up step) on synthetic batches."""
-    n = cfg.data.batch_size * (steps + 1)
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (n, *shape), generator=gen, dtype=torch.uint8)
-    labels = torch.randint(0, 10, (n,), generator=gen)
-    loader = BatchLoader(images, labels, cfg.data.batch_size, max_value=255, shuffle=True, device=device)
+def step_seconds(cfg, model, shape, steps: int, seconds: float, device: torch.device) -> float:
+    """Median seconds of one step of the training loop on synthetic batches: after a warm-up epoch of
+    two steps, `steps` steps or as many as fill about `seconds`, whichever is more (at most 200)."""
     optimizers = build_optimizers(cfg, model)
     optimizers.start_epoch(1)
-    bar = _Steps()
-    train_one_epoch(model, loader, optimizers, cfg, 1, bar)
-    return statistics.median(b - a for a, b in zip(bar.times[1:-1], bar.times[2:]))
+
+    def epoch(n: int) -> list[float]:
+        gen = torch.Generator().manual_seed(n)
+        images = torch.randint(0, 256, (n * cfg.data.batch_size, *shape), generator=gen, dtype=torch.uint8)
+        labels = torch.randint(0, 10, (n * cfg.data.batch_size,), generator=gen)
+        loader = BatchLoader(images, labels, cfg.data.batch_size, max_value=255, shuffle=True, device=device)
+        bar = _Steps()
+        train_one_epoch(model, loader, optimizers, cfg, 1, bar)
+        return [b - a for a, b in zip(bar.times[1:-1], bar.times[2:])]  # the first step of an epoch left out
+
+    warm = epoch(2)[0]
+    return statistics.median(epoch(1 + max(steps, min(200, round(seconds / warm)))))
 
 
-def measure(name: str, steps: int, device: torch.device) -> list[dict]:
+def measure(name: str, steps: int, seconds: float, device: torch.device) -> list[dict]:
     cfg = load_experiment(REPO / MODELS[name])  # its optimizer is replaced by each method's
     rows = []
     for label, method in BENCHMARKED.items():
@@ -88,7 +94,8 @@ def measure(name: str, steps: int, device: torch.device) -> list[dict]:
         if device.type == "cuda":
             row["cuda_max_allocated"] = torch.cuda.max_memory_allocated(device)
         model, _ = build(cfg)
-        row["seconds"] = step_seconds(method_cfg, model.to(device, memory_format=torch.channels_last), shape, steps, device)
+        model = model.to(device, memory_format=torch.channels_last)
+        row["seconds"] = step_seconds(method_cfg, model, shape, steps, seconds, device)
         rows.append(row)
         print(f"  {name} / {label}: peak {row['peak'] / MIB:.1f} MiB, {row['seconds']:.3f} s/step", flush=True)
     adam = rows[0]["peak"]
@@ -115,7 +122,8 @@ def print_table(rows: list[dict]) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {sorted(MODELS)}")
-    p.add_argument("--steps", type=int, default=3, help="timed training steps per method (after one warm-up)")
+    p.add_argument("--steps", type=int, default=3, help="timed training steps per method, at least")
+    p.add_argument("--seconds", type=float, default=3.0, help="time the steps of each method take, about")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
@@ -123,7 +131,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
-    rows = [row for name in args.models.split(",") for row in measure(name, args.steps, device)]
+    rows = [row for name in args.models.split(",") for row in measure(name, args.steps, args.seconds, device)]
     print()
     print_table(rows)
 

@@ -131,16 +131,17 @@ def one_bit_saved_activations(model: nn.Module):
     """Within: the binary activations of `model` whose STE allows it, and the +-1 weights of its binary
     layers (XNOR-scaled ones are not +-1), save 1 bit per value for backward, and so do the layers they
     feed; Hardtanh and max pooling save less too (nn/saved_bits.py). The same values, forward and backward."""
-    acts = [m for m in model.modules() if isinstance(m, QuantAct) and m.precision == "binary"
+    switched = [m for m in model.modules() if isinstance(m, QuantAct) and m.precision == "binary"
             and m.estimator in BIT_SAVING_ESTIMATORS]
-    acts += [m for m in quantized_layers(model) if m.precision == "binary" and getattr(m, "scale", "none") == "none"]
-    for m in acts:
+    switched += [layer for layer in quantized_layers(model)
+             if layer.precision == "binary" and getattr(layer, "scale", "none") == "none"]
+    for m in switched:
         m.save_bits = True
     try:
         with signs_saved_as_bits(), torch_layers_saving_less(model):
             yield
     finally:
-        for m in acts:
+        for m in switched:
             m.save_bits = False
 
 

@@ -119,13 +119,14 @@ class _MaxPoolSavingOffsets(torch.autograd.Function):
         (offset,) = ctx.saved_tensors
         shape, strides, dtype, kernel, stride, padding, ceil_mode = ctx.args
         width = shape[-1]
-        index = offset.long()  # r kw + c -> r W + c, then + the window's origin
-        index.add_(torch.div(index, kernel[1], rounding_mode="floor").mul_(width - kernel[1]))
+        index = offset.long()  # r kw + c -> r W + c (the row r from the int8 offset), then + the window's origin
+        index.add_(torch.div(offset, kernel[1], rounding_mode="floor"), alpha=width - kernel[1])
         index.add_(_window_origins(offset.shape, width, stride, padding, offset.device))
-        # backward reads the input's shape and memory layout only: an uninitialised stand-in of its strides
-        stand_in = torch.empty_strided(shape, strides, dtype=dtype, device=grad.device)
-        grad_input = torch.ops.aten.max_pool2d_with_indices_backward(grad, stand_in, kernel, stride, padding, (1, 1),
-                                                                     ceil_mode, index)
+        # the kernel reads of its input only the shape and memory layout, and zero-fills its output before
+        # scattering: one uninitialised tensor of the input's strides serves as both
+        grad_input = torch.empty_strided(shape, strides, dtype=dtype, device=grad.device)
+        torch.ops.aten.max_pool2d_with_indices_backward.grad_input(grad, grad_input, kernel, stride, padding, (1, 1),
+                                                                   ceil_mode, index, grad_input=grad_input)
         return grad_input, None, None, None, None
 
 
