@@ -18,7 +18,7 @@ from bnnrepro.config import ConfigError, load_experiment
 from bnnrepro.engine.distributed import Ranks
 from bnnrepro.engine.train import fit
 from bnnrepro.models import build_model
-from bnnrepro.nn.layers import one_bit_saved_activations, quantized_layers
+from bnnrepro.nn.layers import compact_saved_activations, quantized_layers
 from bnnrepro.nn.saved_bits import torch_layers_saving_less
 from bnnrepro.optim import build_optimizers
 from bnnrepro.optim.base import PerParameterOptimizer
@@ -128,14 +128,14 @@ def test_digest_counts_memory_efficient_only_when_set():
 
 def gradients(model, x, bits: bool) -> dict[str, torch.Tensor]:
     model.zero_grad(set_to_none=True)
-    with one_bit_saved_activations(model) if bits else contextlib.nullcontext():
+    with compact_saved_activations(model) if bits else contextlib.nullcontext():
         loss = model(x).square().mean()
     loss.backward()
     return {name: p.grad for name, p in model.named_parameters()}
 
 
 @pytest.mark.parametrize("arch", ["binarynet", "lenet5"])
-def test_one_bit_saved_activations_give_the_same_gradients(arch):
+def test_compact_saved_activations_give_the_same_gradients(arch):
     # BinaryNet (narrowed): Hardtanh, then the hardtanh STE, before every binary layer; LeNet5: round_half_even
     if arch == "binarynet":
         cfg = load_experiment(REPO / "config" / "sgdat" / "binarynet_cifar10.yml", {"model.width": 0.0625})

@@ -23,7 +23,7 @@ import torch.nn as nn
 from torch.distributed._tools.mem_tracker import MemTracker
 
 from bnnrepro.config import ExperimentConfig, OptimConfig
-from bnnrepro.nn.layers import one_bit_saved_activations
+from bnnrepro.nn.layers import compact_saved_activations
 from bnnrepro.nn.packing import PackedBinaryWeights
 from bnnrepro.optim import build_optimizers, split_parameters
 
@@ -92,7 +92,7 @@ def measure_training_memory(model: nn.Module, cfg: ExperimentConfig, input_shape
 
     def step():
         optimizers.zero_grad()
-        with one_bit_saved_activations(model) if efficient else contextlib.nullcontext():
+        with compact_saved_activations(model) if efficient else contextlib.nullcontext():
             loss = model(x).square().mean()
         with optimizers.updates_in_backward() if efficient else contextlib.nullcontext():
             loss.backward()

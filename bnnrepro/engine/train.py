@@ -29,7 +29,7 @@ from bnnrepro.engine.losses import bin_regularizer, loss_function
 from bnnrepro.errors import InputError
 from bnnrepro.models import build_model
 from bnnrepro.models.pretrained import load_pretrained
-from bnnrepro.nn.layers import (clip_latent_weights_, init_latent_weights_, one_bit_saved_activations,
+from bnnrepro.nn.layers import (clip_latent_weights_, compact_saved_activations, init_latent_weights_,
                                 quantized_layers)
 from bnnrepro.nn.packing import PackedBinaryWeights
 from bnnrepro.optim import TrainingOptimizers, build_optimizers
@@ -168,7 +168,7 @@ def memory_efficient_steps(model: nn.Module, optimizer: TrainingOptimizers, cfg:
     if not cfg.train.memory_efficient:
         yield
         return
-    with optimizer.updates_in_backward(cfg.optim.grad_clip), one_bit_saved_activations(model):
+    with optimizer.updates_in_backward(cfg.optim.grad_clip), compact_saved_activations(model):
         yield
 
 

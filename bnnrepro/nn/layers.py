@@ -45,7 +45,7 @@ class QuantLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=bias)
         self.precision = _check_precision(precision)
         self.sign_rule = _check_sign_rule(sign_rule)  # of binary weights (see quantizers.SIGN_RULES)
-        self.save_bits = False  # set by one_bit_saved_activations
+        self.save_bits = False  # set by compact_saved_activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = quantize_weight(self.weight, self.precision, rule=self.sign_rule)
@@ -71,7 +71,7 @@ class QuantConv2d(nn.Conv2d):
                              f"weights: {WEIGHT_SCALES}; other precisions: 'none'")
         self.scale = scale  # XNOR-Net's alpha = mean|W| per tensor or per output channel (see quantizers)
         self.sign_rule = _check_sign_rule(sign_rule)  # of binary weights (see quantizers.SIGN_RULES)
-        self.save_bits = False  # set by one_bit_saved_activations
+        self.save_bits = False  # set by compact_saved_activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.same_replicate:
@@ -113,7 +113,7 @@ class QuantAct(nn.Module):
             raise ValueError(f"Unknown activation precision '{precision}'. Valid: ('binary', 'ternary')")
         self.precision, self.estimator, self.beta = precision, estimator, beta
         self.sign_rule = _check_sign_rule(sign_rule)
-        self.save_bits = False  # set by one_bit_saved_activations
+        self.save_bits = False  # set by compact_saved_activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.save_bits:
@@ -127,14 +127,14 @@ class QuantAct(nn.Module):
 
 
 @contextmanager
-def one_bit_saved_activations(model: nn.Module):
+def compact_saved_activations(model: nn.Module):
     """Within: the binary activations of `model` whose STE allows it, and the +-1 weights of its binary
     layers (XNOR-scaled ones are not +-1), save 1 bit per value for backward, and so do the layers they
     feed; Hardtanh and max pooling save less too (nn/saved_bits.py). The same values, forward and backward."""
     switched = [m for m in model.modules() if isinstance(m, QuantAct) and m.precision == "binary"
-            and m.estimator in BIT_SAVING_ESTIMATORS]
+                and m.estimator in BIT_SAVING_ESTIMATORS]
     switched += [layer for layer in quantized_layers(model)
-             if layer.precision == "binary" and getattr(layer, "scale", "none") == "none"]
+                 if layer.precision == "binary" and getattr(layer, "scale", "none") == "none"]
     for m in switched:
         m.save_bits = True
     try:
