@@ -1,4 +1,4 @@
-"""1-bit saved activations (train.memory_efficient, docs/memory.md#1-bit-saved-activations).
+"""Compact saved activations (train.memory_efficient, docs/memory.md#compact-saved-activations).
 
 Backward through a sign activation and the binary layer it feeds needs two things of the activation:
 its sign, which the layer saves as its input (float +-1, 32 bits per value), and, for the hardtanh STE
@@ -10,16 +10,17 @@ input x. Both are one bit per value. Within `signs_saved_as_bits()`:
     marked as holding only +-1;
   - binary layers mark their +-1 weights (`mark_signs`), which they save for backward as well;
   - any autograd node that saves a marked tensor (or a view of one; a binary linear or conv saving its
-    input and weight) stores its signs packed 8 per byte instead, and gets float +-1 back, in the same memory layout,
-    when backward needs it.
+    input and weight) stores its signs packed 8 per byte instead, and gets float +-1 back, in the same
+    memory layout, when backward needs it.
 
 Two torch layers that often sit next to them save less as well (`torch_layers_saving_less`): Hardtanh
 keeps only its window (1 bit per value), and 2-d max pooling only the offset of each maximum inside its
 window (int8), not its float input and int64 indices.
 
 The float values backward computes from them are the same, bit for bit: the window mask gives the
-gradient or +0.0 exactly as hardtanh_backward does, and the unpacked input holds the same +-1 in the same
-strides. Custom functions for the sign only; the linear and conv layers keep torch's own kernels.
+gradient or +0.0 exactly as hardtanh_backward does, the unpacked input holds the same +-1 in the same
+strides, and pooling's backward gets back torch's own index. Custom functions for the sign, Hardtanh and
+max pooling only; the linear and conv layers keep torch's own kernels.
 """
 
 from __future__ import annotations
