@@ -187,7 +187,7 @@ def _pack(t: torch.Tensor, pack) -> tuple:
     """(bits, shape, order): t's values in its memory order, so that unpacking restores its strides."""
     order = t.dim_order() if t.dim() else ()
     dense = t.permute(order)
-    return pack(dense if pack is pack_bits_ else dense.detach()), dense.shape, order
+    return pack(dense), dense.shape, order
 
 
 def _unpack(packed: tuple, unpack, *args) -> torch.Tensor:
