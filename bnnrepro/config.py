@@ -170,6 +170,9 @@ class TrainConfig:
     deterministic: bool = True        # deterministic kernels (cuDNN/cuBLAS) on GPU
     pack_weights: bool = False        # binary-weight optimizers: keep the weights as sign bits (8 per byte)
                                       # between steps, float +-1 only during forward/backward/step
+    # binary-weight optimizers: update each binary weight inside backward as soon as its gradient is complete,
+    # and free that gradient (docs/memory.md)
+    memory_efficient: bool = False
     # model: the layers' own init | zero: every latent weight starts at 0, as the SGDAT code (docs/sgdat.md#zero-latent-
     # init)
     latent_init: str = field(default="model", metadata=one_of("model", "zero"))

@@ -23,6 +23,7 @@ import torch.nn as nn
 from torch.distributed._tools.mem_tracker import MemTracker
 
 from bnnrepro.config import ExperimentConfig, OptimConfig
+from bnnrepro.nn.layers import compact_saved_activations
 from bnnrepro.nn.packing import PackedBinaryWeights
 from bnnrepro.optim import build_optimizers, split_parameters
 
@@ -35,6 +36,7 @@ class Method:
     formula_bits: int          # persistent bits per binary weight by the method's own account
     formula: str               # what those bits are
     pack_weights: bool = False
+    memory_efficient: bool = False  # train.memory_efficient: binary weights updated inside backward
 
 
 METHODS = {
@@ -56,7 +58,8 @@ def method_config(cfg: ExperimentConfig, method: Method, has_fp_params: bool) ->
     binary_method = method.optim.name not in ("sgd", "adam")
     return dataclasses.replace(
         cfg, optim=method.optim, optim_fp=ADAM_FP if binary_method and has_fp_params else None,
-        train=dataclasses.replace(cfg.train, pack_weights=method.pack_weights, latent_init="model"))
+        train=dataclasses.replace(cfg.train, pack_weights=method.pack_weights, latent_init="model",
+                                  memory_efficient=method.memory_efficient))
 
 
 def tensor_bytes(values) -> int:
@@ -65,19 +68,34 @@ def tensor_bytes(values) -> int:
                if torch.is_tensor(v) or isinstance(v, (int, float)))
 
 
+# The parts of the peak of one step, from MemTracker's categories at the moment of the peak. Weights include
+# the sign bits of packed weights; optimizer state is what the optimizers keep between steps, and the step's
+# own scratch tensors (the optimizer's included) are temporaries, wherever they run (step() or backward).
+PEAK_COMPONENTS = ("weights", "buffers", "gradients", "activations", "optimizer_state", "temporaries")
+
+
 def measure_training_memory(model: nn.Module, cfg: ExperimentConfig, input_shape: tuple[int, ...],
-                            batch_size: int) -> dict[str, int]:
+                            batch_size: int) -> dict:
     """Two training steps at `batch_size`. After the first (which creates the optimizer state): bytes
     held between steps, i.e. the binary weights with their optimizer state, the other parameters with
     theirs, and the module buffers (BatchNorm statistics). During the second: the peak bytes of live
-    tensors, with packed weights unpacked for the step as in the training loop."""
+    tensors (`peak_step`, split into PEAK_COMPONENTS in `peak_step_components`), with packed weights
+    unpacked for the step and, with train.memory_efficient, binary weights updated inside backward, as in
+    the training loop."""
     optimizers = build_optimizers(cfg, model)
     x = torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
+    x = x.to(next(model.parameters()).device)
     model.train()
+    # installed after the forward pass, so MemTracker's own gradient hooks (set up during the forward of a
+    # tracked step) see each gradient before the update frees it
+    efficient = cfg.train.memory_efficient
 
     def step():
         optimizers.zero_grad()
-        model(x).square().mean().backward()
+        with compact_saved_activations(model) if efficient else contextlib.nullcontext():
+            loss = model(x).square().mean()
+        with optimizers.updates_in_backward() if efficient else contextlib.nullcontext():
+            loss.backward()
         optimizers.step()
 
     step()
@@ -97,10 +115,31 @@ def measure_training_memory(model: nn.Module, cfg: ExperimentConfig, input_shape
     memory["buffers"] = tensor_bytes(model.buffers())
 
     tracker = MemTracker()
-    tracker.track_external(model, *(regime.optimizer for regime in optimizers.regimes))
+    # the sign bits as external tensors (MemTracker's "other"): counted with the weights
+    tracker.track_external(model, *(regime.optimizer for regime in optimizers.regimes),
+                           *(b for b in packed.bits if b is not None and b.numel()) if packed else ())
     with tracker, packed.unpacked() if packed else contextlib.nullcontext():
         step()
     if packed:  # the model leaves as it came: float weights
         packed.unpack_()
-    memory["peak_step"] = sum(per_device["Total"] for per_device in tracker.get_tracker_snapshot("peak").values())
+    peaks = tracker.get_tracker_snapshot("peak")
+    memory["peak_step"] = sum(per_device["Total"] for per_device in peaks.values())
+    state_bytes = tensor_bytes(v for state in states.values() for v in state.values() if torch.is_tensor(v))
+    memory["peak_step_components"] = _components(peaks, state_bytes)
     return memory
+
+
+def _components(peaks: dict, state_bytes: int) -> dict[str, int]:
+    """PEAK_COMPONENTS from MemTracker's peak snapshot, summed over devices. MemTracker files every tensor
+    made inside optimizer.step() as optimizer memory: what exceeds the persistent state is scratch."""
+    parts = dict.fromkeys(PEAK_COMPONENTS, 0)
+    for snap in peaks.values():
+        by_name = {getattr(k, "name", k): v for k, v in snap.items()}
+        parts["weights"] += by_name.get("PARAM", 0) + by_name.get("OTH", 0)
+        parts["buffers"] += by_name.get("BUFFER", 0)
+        parts["gradients"] += by_name.get("GRAD", 0)
+        parts["activations"] += by_name.get("ACT", 0)
+        optimizer = by_name.get("OPT", 0)
+        parts["optimizer_state"] += min(optimizer, state_bytes)
+        parts["temporaries"] += by_name.get("TEMP", 0) + max(optimizer - state_bytes, 0)
+    return parts

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from bnnrepro.config import DataConfig, ExperimentConfig
+from bnnrepro.config import ConfigError, DataConfig, ExperimentConfig
 from bnnrepro.data.batches import Augment, BatchLoader
 from bnnrepro.data.download import mirror_from_env
 from bnnrepro.data.prepared import Dataset, resized
@@ -29,7 +29,8 @@ from bnnrepro.engine.losses import bin_regularizer, loss_function
 from bnnrepro.errors import InputError
 from bnnrepro.models import build_model
 from bnnrepro.models.pretrained import load_pretrained
-from bnnrepro.nn.layers import clip_latent_weights_, init_latent_weights_, quantized_layers
+from bnnrepro.nn.layers import (clip_latent_weights_, compact_saved_activations, init_latent_weights_,
+                                quantized_layers)
 from bnnrepro.nn.packing import PackedBinaryWeights
 from bnnrepro.optim import TrainingOptimizers, build_optimizers
 from bnnrepro.runtime import reuse_freed_memory, seed_everything, set_deterministic
@@ -152,11 +153,23 @@ def train_one_epoch(model, loader, optimizer: TrainingOptimizers, cfg: Experimen
         packed.pack_()
     flips = FlipCounter(weights, packed)
     try:
-        row = _train_steps(net or model, loader, optimizer, cfg, epoch, bar, flips, packed, ranks)
+        with memory_efficient_steps(model, optimizer, cfg):
+            row = _train_steps(net or model, loader, optimizer, cfg, epoch, bar, flips, packed, ranks)
     finally:
         if packed:
             packed.unpack_()
     return {**row, "flips": flips.total()} if flips.weights else row
+
+
+@contextlib.contextmanager
+def memory_efficient_steps(model: nn.Module, optimizer: TrainingOptimizers, cfg: ExperimentConfig):
+    """train.memory_efficient (docs/memory.md): within, the binary weights update inside backward, each as
+    its gradient completes, and sign activations save 1 bit per value for backward. Nothing otherwise."""
+    if not cfg.train.memory_efficient:
+        yield
+        return
+    with optimizer.updates_in_backward(cfg.optim.grad_clip), compact_saved_activations(model):
+        yield
 
 
 def _train_steps(model, loader, optimizer, cfg, epoch, bar, flips, packed, ranks) -> dict[str, float]:
@@ -201,10 +214,10 @@ def _train_step(model, x, y, optimizer, cfg, epoch, step, loss_fn, use_bin_reg, 
         raise TrainingDiverged(f"{cfg.name}: loss is {loss.item()} at epoch {epoch}, step {step}: training stopped "
                                "- lower optim.lr or check the data")
     optimizer.zero_grad()
+    flips.before_step()  # before backward: with train.memory_efficient the binary weights change inside it
     loss.backward()
     if cfg.optim.grad_clip > 0:  # element-wise, before the optimizer sees it (tf.clip_by_value in BinaryNet)
-        nn.utils.clip_grad_value_(model.parameters(), cfg.optim.grad_clip)
-    flips.before_step()
+        nn.utils.clip_grad_value_(model.parameters(), cfg.optim.grad_clip)  # gradients freed in backward: skipped
     optimizer.step()
     if cfg.train.clip_latent > 0:
         clip_latent_weights_(model, cfg.train.clip_latent)
@@ -215,6 +228,9 @@ def _train_step(model, x, y, optimizer, cfg, epoch, step, loss_fn, use_bin_reg, 
 def fit(cfg: ExperimentConfig, dataset: Dataset, device: torch.device, checkpoint_path: str | Path,
         progress: bool = True, ranks: Ranks = Ranks(), pretrained_dir: str | Path | None = None) -> FitResult:
     """`pretrained_dir` holds the official checkpoints that `model.pretrained` names (fine-tuning runs)."""
+    if cfg.train.memory_efficient and ranks.world > 1:
+        raise ConfigError(f"{cfg.name}: train.memory_efficient updates each weight inside backward, before DDP's "
+                          "all-reduce of its gradient completes; train on one process or set it false")
     set_deterministic(cfg.train.deterministic)
     seed_everything(cfg.train.seed)
     reuse_freed_memory()

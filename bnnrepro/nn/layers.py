@@ -9,6 +9,7 @@ their `weight.org` copies, without the copies.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -16,6 +17,8 @@ import torch.nn.functional as F
 
 from bnnrepro.nn.quantizers import (TERNARY_ACT_K, WEIGHT_SCALES, binarize, get_estimator, get_sign_rule,
                                     quantize_weight, sign, ternarize_ste)
+from bnnrepro.nn.saved_bits import ESTIMATORS as BIT_SAVING_ESTIMATORS
+from bnnrepro.nn.saved_bits import binarize_saving_bits, mark_signs, signs_saved_as_bits, torch_layers_saving_less
 
 PRECISIONS = ("fp", "binary", "ternary")
 
@@ -41,9 +44,11 @@ class QuantLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=bias)
         self.precision = _check_precision(precision)
         self.sign_rule = _check_sign_rule(sign_rule)  # of binary weights (see quantizers.SIGN_RULES)
+        self.save_bits = False  # set by compact_saved_activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, quantize_weight(self.weight, self.precision, rule=self.sign_rule), self.bias)
+        weight = quantize_weight(self.weight, self.precision, rule=self.sign_rule)
+        return F.linear(x, mark_signs(weight) if self.save_bits else weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, precision={self.precision}{_rule_repr(self.sign_rule)}"
@@ -65,12 +70,13 @@ class QuantConv2d(nn.Conv2d):
                              f"weights: {WEIGHT_SCALES}; other precisions: 'none'")
         self.scale = scale  # XNOR-Net's alpha = mean|W| per tensor or per output channel (see quantizers)
         self.sign_rule = _check_sign_rule(sign_rule)  # of binary weights (see quantizers.SIGN_RULES)
+        self.save_bits = False  # set by compact_saved_activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.same_replicate:
             x = replicate_pad(x, *same_padding(x.shape[-2:], self.kernel_size, self.stride))
         weight = quantize_weight(self.weight, self.precision, self.scale, self.sign_rule)
-        return self._conv_forward(x, weight, self.bias)
+        return self._conv_forward(x, mark_signs(weight) if self.save_bits else weight, self.bias)
 
     def extra_repr(self) -> str:
         pad = ", padding=same_replicate" if self.same_replicate else ""
@@ -109,8 +115,11 @@ class QuantAct(nn.Module):
         self.precision, self.beta = precision, beta
         self.estimator = get_estimator(estimator).name  # one clear error for an unknown name
         self.sign_rule = _check_sign_rule(sign_rule)
+        self.save_bits = False  # set by compact_saved_activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.save_bits:
+            return binarize_saving_bits(x, self.estimator, self.sign_rule)
         if self.precision == "binary":
             return binarize(x, self.estimator, self.beta, self.sign_rule)
         return ternarize_ste(x, TERNARY_ACT_K, self.estimator, self.beta)
@@ -122,6 +131,25 @@ class QuantAct(nn.Module):
 def is_quantized(module: nn.Module) -> bool:
     """A layer whose `weight` is a latent weight (binary or ternary)."""
     return isinstance(module, (QuantLinear, QuantConv2d)) and module.precision != "fp"
+
+
+@contextmanager
+def compact_saved_activations(model: nn.Module):
+    """Within: the binary activations of `model` whose STE allows it, and the +-1 weights of its binary
+    layers (XNOR-scaled ones are not +-1), save 1 bit per value for backward, and so do the layers they
+    feed; Hardtanh and max pooling save less too (nn/saved_bits.py). The same values, forward and backward."""
+    switched = [m for m in model.modules() if isinstance(m, QuantAct) and m.precision == "binary"
+                and m.estimator in BIT_SAVING_ESTIMATORS]
+    switched += [layer for layer in quantized_layers(model)
+                 if layer.precision == "binary" and getattr(layer, "scale", "none") == "none"]
+    for m in switched:
+        m.save_bits = True
+    try:
+        with signs_saved_as_bits(), torch_layers_saving_less(model):
+            yield
+    finally:
+        for m in switched:
+            m.save_bits = False
 
 
 def quantized_layers(model: nn.Module):

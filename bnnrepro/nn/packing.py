@@ -32,7 +32,13 @@ _GATHER_BYTES = 0x0102040810204080
 
 def pack_signs(w: torch.Tensor) -> torch.Tensor:
     """uint8 tensor of ceil(numel / 8) bytes: the signs of w (sign(0) = +1), 8 per byte."""
-    bits = w.detach().flatten() >= 0  # sign(w) > 0, with sign(0) = sign(-0.0) = +1
+    return pack_bits_(w.detach().flatten() >= 0)  # sign(w) > 0, with sign(0) = sign(-0.0) = +1
+
+
+def pack_bits_(mask: torch.Tensor) -> torch.Tensor:
+    """uint8 tensor of ceil(numel / 8) bytes: the bool tensor `mask`, flattened in its index order, 8 per
+    byte. The packing works in mask's own memory: pass a bool tensor made for it (it is overwritten)."""
+    bits = mask.flatten()
     if bits.numel() % 8:
         bits = torch.cat([bits, bits.new_zeros(-bits.numel() % 8)])
     words = bits.view(torch.uint8).view(torch.int64)  # 8 bools (bytes 0/1) per 64-bit word, a fresh tensor
@@ -57,6 +63,17 @@ def unpack_signs(packed: torch.Tensor, shape: torch.Size | tuple[int, ...],
     per byte writes its 8 values (index_select: about three times faster than table[index] on the CPU)."""
     n = torch.Size(shape).numel()
     return _signs_of_byte(dtype, packed.device).index_select(0, packed.int()).flatten()[:n].reshape(shape)
+
+
+_BITS_OF_BYTE: dict[torch.device, torch.Tensor] = {}
+
+
+def unpack_bits(packed: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """The bool tensor of `shape` that `packed` holds (inverse of pack_bits_)."""
+    if packed.device not in _BITS_OF_BYTE:
+        _BITS_OF_BYTE[packed.device] = _signs_of_byte(torch.int8, packed.device) > 0
+    n = torch.Size(shape).numel()
+    return _BITS_OF_BYTE[packed.device].index_select(0, packed.int()).flatten()[:n].reshape(shape)
 
 
 _ONES_IN_BYTE: dict[torch.device, torch.Tensor] = {}

@@ -15,6 +15,7 @@ paper's `*` rows). `TrainingOptimizers` holds the regimes and drives their sched
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import torch.nn as nn
 
 from bnnrepro.config import ExperimentConfig, OptimConfig
 from bnnrepro.nn.layers import quantized_layers
+from bnnrepro.optim.base import PerParameterOptimizer, updates_in_backward
 from bnnrepro.optim.bop import Bop, Bop2ndOrder
 from bnnrepro.optim.flip import FlipOptimizer
 from bnnrepro.optim.sgdat import SGDAT, SGDT
@@ -154,6 +156,7 @@ class TrainingOptimizers:
         self.epoch = 1
         # regimes whose lr follows each step's batch size (lr_batch_per_step); the others keep the epoch's lr
         self.per_step = [r for r in regimes if r.config.lr_batch_per_step]
+        self.in_backward: set[str] = set()  # regimes that update inside backward (updates_in_backward)
 
     def zero_grad(self) -> None:
         for r in self.regimes:
@@ -161,7 +164,26 @@ class TrainingOptimizers:
 
     def step(self) -> None:
         for r in self.regimes:
-            r.optimizer.step()
+            if r.name not in self.in_backward:
+                r.optimizer.step()
+
+    @contextlib.contextmanager
+    def updates_in_backward(self, grad_clip: float = 0.0):
+        """train.memory_efficient: within the block the binary-weight regime updates each of its weights
+        inside backward, as soon as the weight's gradient is complete, and frees that gradient at once
+        (base.updates_in_backward); `grad_clip` > 0 clips it element-wise first, as the loop does for the
+        other parameters. The other regimes (torch's optimizers for the full-precision parameters) keep
+        stepping after backward. The same updates as step() makes: every binary-weight rule is per tensor."""
+        regimes = [r for r in self.regimes if isinstance(r.optimizer, PerParameterOptimizer)]
+        clip = (lambda p: nn.utils.clip_grad_value_([p], grad_clip)) if grad_clip > 0 else None
+        with contextlib.ExitStack() as stack:
+            for r in regimes:
+                stack.enter_context(updates_in_backward(r.optimizer, clip))
+            self.in_backward = {r.name for r in regimes}
+            try:
+                yield
+            finally:
+                self.in_backward = set()
 
     def start_epoch(self, epoch: int) -> dict[str, float]:
         """Set each regime's lr for `epoch` and reset state where the config asks; returns the lrs."""
@@ -209,6 +231,9 @@ def build_optimizers(cfg: ExperimentConfig, model: nn.Module) -> TrainingOptimiz
     if cfg.train.pack_weights and cfg.optim.name not in BINARY_WEIGHT_OPTIMIZERS:
         raise ValueError(f"train.pack_weights keeps binary weights as bits; '{cfg.optim.name}' trains latent "
                          "real weights, which packing would destroy")
+    if cfg.train.memory_efficient and cfg.optim.name not in BINARY_WEIGHT_OPTIMIZERS:
+        raise ValueError(f"train.memory_efficient updates binary weights inside backward; '{cfg.optim.name}' "
+                         f"trains latent weights. It applies to {sorted(BINARY_WEIGHT_OPTIMIZERS)}")
     if cfg.optim.name in BINARY_WEIGHT_OPTIMIZERS:
         # each reads its binary weights as sign(p) and writes back +-1; some read the real initial
         # weight first (SGDT's latent_init "weights", Bop's m_init "minus_weights")

@@ -57,7 +57,7 @@ class Bop(PerParameterOptimizer):
             p.copy_(sign(p))
         m = state["m"]
         m.mul_(1 - group["lr"]).add_(p.grad, alpha=group["lr"])
-        bm = torch.mul(p, m)
+        bm = torch.mul(p, m, out=self.grad_scratch(p))
         state["flips"] += torch.count_nonzero(flip_where_(p, torch.gt(bm, group["threshold"], out=bm)))
 
     def reset_epoch_state(self) -> None:

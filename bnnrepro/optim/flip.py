@@ -92,8 +92,7 @@ class FlipOptimizer(PerParameterOptimizer):
 
     def temperature(self, p: torch.Tensor) -> float | torch.Tensor:
         """The temperature the next step of `p` will use (for logs and tests)."""
-        group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
-        return self._temperature(self.state[p], group)
+        return self._temperature(self.state[p], self.group_of(p))
 
     @staticmethod
     def _temperature(state: dict, group: dict) -> float | torch.Tensor:
@@ -113,7 +112,7 @@ class FlipOptimizer(PerParameterOptimizer):
         g = p.grad
         tau = self._temperature(state, group)
         self._advance_schedule(state, group, g)
-        flip_prob = hypermask(group["mask"], g, p, tau)
+        flip_prob = hypermask(group["mask"], g, p, tau, out=self.grad_scratch(p))
         u = torch.rand(p.shape, generator=_generator(group["seed"], state, p.device), device=p.device)
         if group["mask"] == "rand":  # any weight may be drawn: it takes the descent sign, whatever it was
             p.copy_(torch.where(u < flip_prob, sign(-g), p))
@@ -144,14 +143,16 @@ def _generator(seed: int, state: dict, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(stream)
 
 
-def hypermask(mask: str, g: torch.Tensor, b: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:
-    """Flip probability of every weight, in [0, 1], for b holding exactly +-1.
+def hypermask(mask: str, g: torch.Tensor, b: torch.Tensor, tau: float | torch.Tensor,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """Flip probability of every weight, in [0, 1], for b holding exactly +-1. `out` (g itself, when the
+    caller drops the gradient after the update) takes b g instead of a new tensor.
 
     A step would move the latent weight towards the other sign where b g > 0, and there b g = |g|
     exactly; so relu(b g) is |g| where a flip may happen and 0 (probability erf(0) = 0) elsewhere."""
     if mask == "rand":
         return (torch.zeros_like(g) + tau).clamp_(0, 1)
-    descent = torch.mul(b, g)
+    descent = torch.mul(b, g, out=out)
     if mask == "emp":
         return descent.clamp_(min=0).mul_(tau).erf_()
     return (descent >= ERFINV_HALF / tau).to(g.dtype)  # mmp: the threshold is > 0, so b g > 0 there

@@ -38,18 +38,19 @@ from bnnrepro.optim.base import PerParameterOptimizer, flip_where_
 LATENT_INITS = ("zero", "weights")
 
 
-def hysteresis_sign_(b: torch.Tensor, a: torch.Tensor, dead_zone: float | torch.Tensor) -> torch.Tensor:
+def hysteresis_sign_(b: torch.Tensor, a: torch.Tensor, dead_zone: float | torch.Tensor,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
     """b <- sgn(a) where |a| > dead_zone, else b keeps its sign; in place, for b holding exactly +-1.
-    Returns 1 where b changed sign and 0 elsewhere, in b's dtype.
+    Returns 1 where b changed sign and 0 elsewhere, in b's dtype (in `out` when given: scratch space).
 
     A weight whose accumulator sits inside the dead zone keeps the sign it has, so a weight near zero
     does not flip back and forth with every small step (the boundary itself is inside: strict >).
     Since b = +-1, a b = -|a| exactly where the signs differ, so one test decides both conditions:
     flip where a b + dead_zone < 0 (IEEE subtraction keeps the sign of the exact difference)."""
     if isinstance(dead_zone, torch.Tensor):
-        ab = torch.addcmul(dead_zone, a, b)
+        ab = torch.addcmul(dead_zone, a, b, out=out)
         return flip_where_(b, torch.lt(ab, 0, out=ab))
-    ab = torch.mul(a, b)
+    ab = torch.mul(a, b, out=out)
     return flip_where_(b, torch.lt(ab, -dead_zone, out=ab))
 
 
@@ -75,7 +76,7 @@ class SGDT(PerParameterOptimizer):
             p.copy_(sign(p))  # b: exactly +-1 from here on
         w = state["latent"]
         w.add_(p.grad, alpha=-group["lr"]).clamp_(-1, 1)
-        state["flips"] += torch.count_nonzero(hysteresis_sign_(p, w, group["threshold"]))
+        state["flips"] += torch.count_nonzero(hysteresis_sign_(p, w, group["threshold"], out=self.grad_scratch(p)))
 
     def reset_epoch_state(self) -> None:
         """Nothing to forget: the public code rebuilds a torch SGD without momentum, which has no state,
@@ -109,7 +110,7 @@ class SGDAT(PerParameterOptimizer):
             d = d + group["momentum"] * u if group["nesterov"] else u
         m, k = state["m"], state["flip_count"]
         m.add_(d, alpha=-group["lr"])
-        flipped = hysteresis_sign_(p, m, k * group["threshold"])
+        flipped = hysteresis_sign_(p, m, k * group["threshold"], out=self.grad_scratch(p))
         k.add_(flipped)
         state["flips"] += torch.count_nonzero(flipped)
 

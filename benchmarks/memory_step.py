@@ -1,0 +1,140 @@
+"""Benchmark: the peak of one training step, by component, and the step time, per training method
+(issue 18: the memory-efficient training step, docs/memory.md).
+
+    .venv/bin/python benchmarks/memory_step.py [--models mlp,binarynet,lenet5] [--steps 3] [--seconds 3]
+
+For latent Adam, latent SGD, Bop, flip with packed weights and the same flip with train.memory_efficient,
+on BinSFO's MLP (64x64 MNIST, width 1024, batch 256), BinaryNet on CIFAR-10-shaped input (batch 256) and
+LeNet5 (batch 50), all on synthetic input:
+
+- the peak of one training step, split into weights (with packed sign bits), buffers, gradients,
+  activations, optimizer state and temporaries, measured by the allocator-level tracker of the memory
+  report (bnnrepro.analysis.training_state.measure_training_memory: torch's MemTracker, which follows
+  every tensor storage; on a GPU also torch.cuda.max_memory_allocated of the same step);
+- the ratio of each peak to latent Adam's;
+- seconds per training step through the training loop itself (train_one_epoch), the median of at
+  least --steps steps (more for fast models: about --seconds of them) after a warm-up, and its ratio
+  to plain packed flip.
+
+Not a timed test: numbers move with the machine; the ratios are what to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from bnnrepro.analysis.training_state import METHODS, PEAK_COMPONENTS, measure_training_memory, method_config
+from bnnrepro.config import load_experiment
+from bnnrepro.data.batches import BatchLoader
+from bnnrepro.engine.train import train_one_epoch
+from bnnrepro.optim import build_optimizers, split_parameters
+from bnnrepro.report.memory import build
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = {"mlp": "config/binsfo/mnist_mlp.yml", "binarynet": "config/sgdat/binarynet_cifar10.yml",
+          "lenet5": "config/rwth/binary_mnist.yml"}
+PACKED_FLIP = METHODS["flip (BWS/BinSFO), packed weights"]
+BENCHMARKED = {
+    "latent Adam": METHODS["latent Adam"],
+    "latent SGD": METHODS["latent SGD"],
+    "Bop": METHODS["Bop"],
+    "flip, packed": PACKED_FLIP,
+    "flip, packed, memory-efficient": dataclasses.replace(PACKED_FLIP, memory_efficient=True),
+}
+MIB = 2 ** 20
+
+
+class _Steps:
+    """Stands in for the progress bar of train_one_epoch: records the time of every step."""
+
+    def __init__(self):
+        self.times = [time.perf_counter()]
+
+    def update(self, k: int) -> None:
+        self.times.append(time.perf_counter())
+
+
+def step_seconds(cfg, model, shape, steps: int, seconds: float, device: torch.device) -> float:
+    """Median seconds of one step of the training loop on synthetic batches: after a warm-up epoch of
+    two steps, `steps` steps or as many as fill about `seconds`, whichever is more (at most 200)."""
+    optimizers = build_optimizers(cfg, model)
+    optimizers.start_epoch(1)
+
+    def epoch(n: int) -> list[float]:
+        gen = torch.Generator().manual_seed(n)
+        images = torch.randint(0, 256, (n * cfg.data.batch_size, *shape), generator=gen, dtype=torch.uint8)
+        labels = torch.randint(0, 10, (n * cfg.data.batch_size,), generator=gen)
+        loader = BatchLoader(images, labels, cfg.data.batch_size, max_value=255, shuffle=True, device=device)
+        bar = _Steps()
+        train_one_epoch(model, loader, optimizers, cfg, 1, bar)
+        return [b - a for a, b in zip(bar.times[1:-1], bar.times[2:])]  # the first step of an epoch left out
+
+    warm = epoch(2)[0]
+    return statistics.median(epoch(1 + max(steps, min(200, round(seconds / warm)))))
+
+
+def measure(name: str, steps: int, seconds: float, device: torch.device) -> list[dict]:
+    cfg = load_experiment(REPO / MODELS[name])  # its optimizer is replaced by each method's
+    rows = []
+    for label, method in BENCHMARKED.items():
+        model, shape = build(cfg)
+        method_cfg = method_config(cfg, method, has_fp_params=len(split_parameters(model)[1]) > 0)
+        model = model.to(device, memory_format=torch.channels_last)  # as the training loop has it
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        memory = measure_training_memory(model, method_cfg, shape, cfg.data.batch_size)
+        row = {"model": name, "method": label, "batch": cfg.data.batch_size, "peak": memory["peak_step"],
+               **memory["peak_step_components"]}
+        if device.type == "cuda":
+            row["cuda_max_allocated"] = torch.cuda.max_memory_allocated(device)
+        model, _ = build(cfg)
+        model = model.to(device, memory_format=torch.channels_last)
+        row["seconds"] = step_seconds(method_cfg, model, shape, steps, seconds, device)
+        rows.append(row)
+        print(f"  {name} / {label}: peak {row['peak'] / MIB:.1f} MiB, {row['seconds']:.3f} s/step", flush=True)
+    adam = rows[0]["peak"]
+    flip = next(r for r in rows if r["method"] == "flip, packed")["seconds"]
+    for row in rows:
+        row["peak_vs_adam"], row["time_vs_flip"] = row["peak"] / adam, row["seconds"] / flip
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    parts = list(PEAK_COMPONENTS)
+    cuda = "cuda_max_allocated" in rows[0]
+    head = ["model", "method", "batch", *parts, "peak", *(["cuda max"] if cuda else []), "x Adam", "s/step", "x flip"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        mib = [f"{r[k] / MIB:.2f}" for k in (*parts, "peak", *(["cuda_max_allocated"] if cuda else []))]
+        print(f"| {r['model']} | {r['method']} | {r['batch']} | " + " | ".join(mib)
+              + f" | {r['peak_vs_adam']:.3f} | {r['seconds']:.3f} | {r['time_vs_flip']:.2f} |")
+    print("\nMiB of live tensors at the peak of one training step (MemTracker); x Adam: peak / latent Adam's "
+          "peak; s/step: median seconds of a training-loop step; x flip: / packed flip's step time.")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {sorted(MODELS)}")
+    p.add_argument("--steps", type=int, default=3, help="timed training steps per method, at least")
+    p.add_argument("--seconds", type=float, default=3.0, help="time the steps of each method take, about")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    rows = [row for name in args.models.split(",") for row in measure(name, args.steps, args.seconds, device)]
+    print()
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
