@@ -1,11 +1,12 @@
 """Benchmark: the peak of one training step, by component, and the step time, per training method
 (issue 18: the memory-efficient training step, docs/memory.md).
 
-    .venv/bin/python benchmarks/memory_step.py [--models mlp,binarynet,lenet5] [--steps 3] [--seconds 3]
+    .venv/bin/python benchmarks/memory_step.py [--models mlp,binarynet,lenet5,reactnet,bcdnet] [--steps 3]
 
 For latent Adam, latent SGD, Bop, flip with packed weights and the same flip with train.memory_efficient,
 on BinSFO's MLP (64x64 MNIST, width 1024, batch 256), BinaryNet on CIFAR-10-shaped input (batch 256) and
-LeNet5 (batch 50), all on synthetic input:
+LeNet5 (batch 50), and on request the BinSFO fine-tuning nets ReActNet-A and BCDNet at 256x256 (batch 32),
+all on synthetic input:
 
 - the peak of one training step, split into weights (with packed sign bits), buffers, gradients,
   activations, optimizer state and temporaries, measured by the allocator-level tracker of the memory
@@ -38,7 +39,11 @@ from bnnrepro.report.memory import build
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {"mlp": "config/binsfo/mnist_mlp.yml", "binarynet": "config/sgdat/binarynet_cifar10.yml",
-          "lenet5": "config/rwth/binary_mnist.yml"}
+          "lenet5": "config/rwth/binary_mnist.yml", "reactnet": "config/binsfo/finetune_adambnn.yml",
+          "bcdnet": "config/binsfo/finetune_bcdnet.yml"}
+DEFAULT_MODELS = ("mlp", "binarynet", "lenet5")  # the fine-tuning nets take minutes per method on a CPU
+# images per step where it is not the config's: the fine-tuning nets' 256-image batch split over 8 GPUs
+BATCH = {"reactnet": 32, "bcdnet": 32}
 PACKED_FLIP = METHODS["flip (BWS/BinSFO), packed weights"]
 BENCHMARKED = {
     "latent Adam": METHODS["latent Adam"],
@@ -81,6 +86,8 @@ def step_seconds(cfg, model, shape, steps: int, seconds: float, device: torch.de
 
 def measure(name: str, steps: int, seconds: float, device: torch.device) -> list[dict]:
     cfg = load_experiment(REPO / MODELS[name])  # its optimizer is replaced by each method's
+    if name in BATCH:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=BATCH[name]))
     rows = []
     for label, method in BENCHMARKED.items():
         model, shape = build(cfg)
@@ -121,7 +128,7 @@ def print_table(rows: list[dict]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {sorted(MODELS)}")
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated subset of {sorted(MODELS)}")
     p.add_argument("--steps", type=int, default=3, help="timed training steps per method, at least")
     p.add_argument("--seconds", type=float, default=3.0, help="time the steps of each method take, about")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

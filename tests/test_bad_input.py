@@ -344,3 +344,11 @@ def test_only_code_changes_make_the_tree_dirty(tmp_path, monkeypatch):
     assert git_commit() == clean
     (tmp_path / "sub" / "code.py").write_text("x = 2\n")
     assert git_commit() == clean + "-dirty"
+
+
+@pytest.mark.parametrize("batch", ["0", "x", "-3"])
+def test_memory_stage_refuses_a_bad_step_batch(tmp_path, batch):
+    proc = cli("stages/memory.py", "--configs", "config/rwth/binary_mnist.yml",
+               "--step-configs", f"config/binsfo/finetune_adambnn.yml={batch}", "--out", str(tmp_path))
+    assert_clean_error(proc, "--step-configs", "not a positive integer")
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -168,6 +169,26 @@ def test_prepare_and_load_mnist(mirror, tmp_path):
 
     again = load_dataset(tmp_path / "prepared")  # a second load gives identical tensors
     assert torch.equal(again.train_images, ds.train_images) and torch.equal(again.test_labels, ds.test_labels)
+
+
+def test_resize_matches_torchvision_whatever_the_chunk(mirror, tmp_path, monkeypatch):
+    """resized() calls torch's uint8 kernel in chunks; torchvision's resize gives the same bytes (on an AVX2 CPU,
+    where torchvision takes that kernel too), and so does any chunk size."""
+    from torchvision.transforms.v2.functional import resize
+
+    from bnnrepro.data import prepared
+
+    prepare_dataset("mnist", tmp_path / "prepared", tmp_path / "raw", mirror=str(mirror))
+    ds = load_dataset(tmp_path / "prepared")
+    ds = dataclasses.replace(ds, train_images=ds.train_images[:1000], train_labels=ds.train_labels[:1000])
+    big = prepared.resized(ds, 64)
+    assert big.train_images.shape == (1000, 1, 64, 64) and big.train_images.dtype == torch.uint8
+    assert big.image_shape == (1, 64, 64) and torch.equal(big.train_labels, ds.train_labels)
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        assert torch.equal(big.train_images, resize(ds.train_images, [64, 64], antialias=True))
+    monkeypatch.setattr(prepared, "RESIZE_CHUNK", 7)  # chunks that do not divide the count
+    assert torch.equal(prepared.resized(ds, 64).test_images, big.test_images)
+    assert prepared.resized(ds, 28) is ds and prepared.resized(ds, 0) is ds
 
 
 def test_prepare_fashion_mnist(mirror, tmp_path):

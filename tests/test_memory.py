@@ -87,6 +87,31 @@ def test_packed_flip_state_is_about_one_bit_per_weight():
     assert 8 * state["binary"] / 876_320 < 1.01
 
 
+def test_meta_device_counts_the_bytes_of_a_cpu_step():
+    """The memory report runs its steps on the meta device (no arithmetic): every count must be the CPU's."""
+    cfg = load_experiment(CONFIGS / "binary_mnist.yml")
+    for label, method in METHODS.items():
+        counts = []
+        for device in ("cpu", "meta"):
+            torch.manual_seed(0)
+            model, _ = lenet()
+            counts.append(measure_training_memory(model.to(device), method_config(cfg, method, has_fp_params=True),
+                                                  (1, 28, 28), 8))
+        assert counts[0] == counts[1], label
+
+
+def test_memory_efficient_flip_has_the_smallest_peak():
+    cfg = load_experiment(CONFIGS / "binary_mnist.yml")
+    peaks = {}
+    for label in ("flip (BWS/BinSFO), packed weights", "flip (BWS/BinSFO), packed, memory-efficient"):
+        model, _ = lenet()
+        peaks[label] = measure_training_memory(model.to("meta"), method_config(cfg, METHODS[label], True),
+                                               (1, 28, 28), 50)["peak_step_components"]
+    plain, efficient = peaks.values()
+    assert efficient["gradients"] < plain["gradients"] and efficient["activations"] < plain["activations"]
+    assert sum(efficient.values()) < sum(plain.values())
+
+
 def test_checkpoint_sizes_are_measured(tmp_path):
     model, cfg = lenet()
     save_model(model, tmp_path / "m", cfg, {"channels": 1, "image_size": 28, "num_classes": 10}, fmt="packed")

@@ -195,3 +195,59 @@ def test_hardtanh_saving_window_matches_torch():
         grads.append((out, leaf.grad))
     assert torch.equal(grads[0][0].nan_to_num(), grads[1][0].nan_to_num())
     assert torch.equal(grads[0][1], grads[1][1]) and not grads[1][1].signbit()[[0, 1, 4, 5]].any()  # +0.0
+
+
+FINETUNE = REPO / "config" / "binsfo"
+
+
+@pytest.mark.parametrize("model", ["adambnn", "bcdnet"])
+@pytest.mark.parametrize("recipe", ["binary", "bop"])
+def test_recomputed_blocks_train_byte_for_byte_as_the_plain_mode(model, recipe, tmp_path):
+    """ReActNet-A and BCDNet name their blocks: the memory-efficient step recomputes them in backward."""
+    from test_finetune_models import tiny_dataset
+
+    cfg = load_experiment(FINETUNE / f"finetune_{model}.yml", recipe=f"{FINETUNE / 'finetune_optimizers.yml'}:{recipe}",
+                          profile="paper", overrides={"data.dataset": "oxford-pets", "data.batch_size": 8,
+                                                      "data.eval_batch_size": 8, "model.width": 0.125,
+                                                      "model.pretrained": "", "train.epochs": 1})
+    run = assert_same_runs(cfg, tiny_dataset("oxford-pets"), tmp_path)
+    assert run.history[0]["flips"] > 0 or recipe == "bop"  # Bop's threshold holds every sign in one tiny epoch
+
+
+class Blocks(nn.Module):
+    """Two conv blocks with running-statistics BatchNorm, recomputed in backward when asked."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU())
+                                    for _ in range(2))
+        self.calls = 0
+        for block in self.blocks:  # counts the runs of each block's first layer
+            block[0].register_forward_pre_hook(lambda *_: setattr(self, "calls", self.calls + 1))
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x.mean((2, 3))
+
+    def recompute_blocks(self):
+        return list(self.blocks)
+
+
+def test_recomputation_gives_the_same_gradients_and_batchnorm_statistics():
+    from bnnrepro.nn.recompute import recomputed_blocks
+
+    results = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        model = Blocks().train()
+        x = torch.randn(4, 2, 5, 5)
+        with recomputed_blocks(model) if recompute else contextlib.nullcontext():
+            model(x).square().sum().backward()
+        results.append((model.calls, {n: p.grad for n, p in model.named_parameters()}, model.state_dict()))
+        assert all("forward" not in vars(block) for block in model.blocks)  # the class's forward again
+    (plain_calls, plain_grads, plain_state), (calls, grads, state) = results
+    assert (plain_calls, calls) == (2, 4)  # each block ran again in backward
+    assert_same_state(plain_grads, grads)
+    assert_same_state(plain_state, state)  # running statistics updated once, num_batches_tracked 1
+    assert int(state["blocks.0.1.num_batches_tracked"]) == 1

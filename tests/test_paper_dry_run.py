@@ -59,7 +59,7 @@ TRAIN_IMAGES = {"digits": 1440, "mnist": MNIST_TRAIN, "fashion-mnist": MNIST_TRA
 TRAINING_STAGES = ("train@", "sgdat@", "compare@", "bws_digits@", "binsfo@", "binsfo_finetune@")
 # Stages whose command reads no profile: committed from this checkout's outputs instead of rerun (see above).
 PROFILE_INDEPENDENT = {"memory": ("reports/memory.md", "reports/memory.csv", "reports/memory_training_state.csv",
-                                  "reports/memory_training_state.png")}
+                                  "reports/memory_training_state.png", "reports/memory_peak.png")}
 
 
 def copy_tracked_files(dest: Path) -> None:

@@ -36,6 +36,9 @@ CLAIMS = {
         {"id": "memory", "paper": "bws", "claim": "33x less memory", "kind": "memory", "published": 33, "as": "times",
          "model": "fcn", "column": "measured_state_kib", "baseline": "latent SGD", "method": "flip",
          "detail": "memory.md", "note": "what 33 counts"},
+        {"id": "memory_peak", "paper": "bws", "claim": "33x less memory at the peak", "kind": "memory",
+         "published": 33, "as": "times", "model": "fcn", "column": "peak_step_kib", "baseline": "latent SGD",
+         "method": "flip", "detail": "memory.md"},
         {"id": "angle", "paper": "hd", "claim": "37 degrees", "kind": "value", "published": 37.07, "tolerance": 0.1,
          "unit": "deg", "file": "hd/theory.json", "key": ["sign_angle", "d=4608", "mean_deg"], "detail": "hd/README.md"},
     ]}
@@ -79,8 +82,8 @@ def results(tmp_path) -> claims.Results:
     write(tmp_path / "reports" / "official" / "fetch" / "adambnn.json",
           {"name": "adambnn", "status": "not fetched", "reason": "no source has AdamBNN.pth.tar; put it in data/pretrained/"})
     write(tmp_path / "reports" / "memory_training_state.csv",
-          "model,method,measured_state_kib,peak_step_kib,peak_step_batch\n"
-          "fcn,latent SGD,525.0,1000.0,16384\nfcn,flip,16.5,990.0,16384\n")
+          "model,method,measured_state_kib,peak_step_kib,peak_step_batch,peak_weights_kib,peak_activations_kib\n"
+          "fcn,latent SGD,525.0,1000.0,16384,525.0,475.0\nfcn,flip,16.5,990.0,16384,16.5,973.5\n")
     write(tmp_path / "reports" / "hd" / "theory.json", {"seed": 0, "n_mc": 10000,
                                                          "sign_angle": {"d=4608": {"mean_deg": 37.0661}}})
     claims_file = tmp_path / "claims.yml"
@@ -98,8 +101,9 @@ def check_snapshot(name: str, text: str) -> None:
 def test_front_page_matches_its_snapshot(results, tmp_path):
     papers, claim_list = claims.load_claims(tmp_path / "claims.yml")
     table = claims.evaluate(claim_list, results)
-    assert list(table["verdict"]) == ["reproduced", "reproduced", "within seed noise", "ours", "short",
+    assert list(table["verdict"]) == ["reproduced", "reproduced", "within seed noise", "ours", "short", "short",
                                       "not run here"]  # reproduced rows first
+    assert "its largest part is activations (974 KiB, 98 % of its peak)" in table["how_far"].iloc[5]
     check_snapshot("front_page.md", claims.front_page(table, papers, "plots/claims.png", claims.fetch_statuses(results)))
     assert claims.summary(table)["claims"]["grid"] is None
 

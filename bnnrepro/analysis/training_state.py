@@ -14,6 +14,7 @@ not what the allocator or the process happens to hold.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from torch.distributed._tools.mem_tracker import MemTracker
 from bnnrepro.config import ExperimentConfig, OptimConfig
 from bnnrepro.nn.layers import compact_saved_activations
 from bnnrepro.nn.packing import PackedBinaryWeights
+from bnnrepro.nn.recompute import recomputed_blocks
 from bnnrepro.optim import build_optimizers, split_parameters
 
 ADAM_FP = OptimConfig(name="adam", lr=1e-3)  # full-precision regime of the binary-weight methods
@@ -50,6 +52,8 @@ METHODS = {
     "SGDAT": Method(OptimConfig(name="sgdat", lr=1e-4), 65, "1-bit weight + accumulator + flip count"),
     "flip (BWS/BinSFO), float +-1 weights": Method(OptimConfig(name="flip", lr=1.0), 1, "1-bit weight"),
     "flip (BWS/BinSFO), packed weights": Method(OptimConfig(name="flip", lr=1.0), 1, "1-bit weight", True),
+    "flip (BWS/BinSFO), packed, memory-efficient": Method(OptimConfig(name="flip", lr=1.0), 1, "1-bit weight",
+                                                          True, True),
 }
 
 
@@ -90,12 +94,15 @@ def measure_training_memory(model: nn.Module, cfg: ExperimentConfig, input_shape
     # tracked step) see each gradient before the update frees it
     efficient = cfg.train.memory_efficient
 
-    def step():
+    def step():  # as the training loop has it: the compact forms stay on through backward
         optimizers.zero_grad()
-        with compact_saved_activations(model) if efficient else contextlib.nullcontext():
+        with contextlib.ExitStack() as forms:
+            if efficient:
+                forms.enter_context(compact_saved_activations(model))
+                forms.enter_context(recomputed_blocks(model))
             loss = model(x).square().mean()
-        with optimizers.updates_in_backward() if efficient else contextlib.nullcontext():
-            loss.backward()
+            with optimizers.updates_in_backward() if efficient else contextlib.nullcontext():
+                loss.backward()
         optimizers.step()
 
     step()
@@ -103,6 +110,8 @@ def measure_training_memory(model: nn.Module, cfg: ExperimentConfig, input_shape
     packed = PackedBinaryWeights(binary) if cfg.train.pack_weights else None
     if packed:
         packed.pack_()
+        with packed.unpacked():  # builds the lookup tables of unpacking once, outside the measured step
+            pass
     binary_ids = {id(p) for p in binary}
     states = {}
     for regime in optimizers.regimes:
@@ -124,22 +133,24 @@ def measure_training_memory(model: nn.Module, cfg: ExperimentConfig, input_shape
         packed.unpack_()
     peaks = tracker.get_tracker_snapshot("peak")
     memory["peak_step"] = sum(per_device["Total"] for per_device in peaks.values())
-    state_bytes = tensor_bytes(v for state in states.values() for v in state.values() if torch.is_tensor(v))
+    state_bytes = collections.Counter()  # per device: torch's Adam keeps its step counts on the CPU
+    for v in (v for state in states.values() for v in state.values() if torch.is_tensor(v)):
+        state_bytes[v.device] += tensor_bytes([v])
     memory["peak_step_components"] = _components(peaks, state_bytes)
     return memory
 
 
-def _components(peaks: dict, state_bytes: int) -> dict[str, int]:
+def _components(peaks: dict, state_bytes: dict[torch.device, int]) -> dict[str, int]:
     """PEAK_COMPONENTS from MemTracker's peak snapshot, summed over devices. MemTracker files every tensor
     made inside optimizer.step() as optimizer memory: what exceeds the persistent state is scratch."""
     parts = dict.fromkeys(PEAK_COMPONENTS, 0)
-    for snap in peaks.values():
+    for device, snap in peaks.items():
         by_name = {getattr(k, "name", k): v for k, v in snap.items()}
         parts["weights"] += by_name.get("PARAM", 0) + by_name.get("OTH", 0)
         parts["buffers"] += by_name.get("BUFFER", 0)
         parts["gradients"] += by_name.get("GRAD", 0)
         parts["activations"] += by_name.get("ACT", 0)
         optimizer = by_name.get("OPT", 0)
-        parts["optimizer_state"] += min(optimizer, state_bytes)
-        parts["temporaries"] += by_name.get("TEMP", 0) + max(optimizer - state_bytes, 0)
+        parts["optimizer_state"] += min(optimizer, state_bytes[device])
+        parts["temporaries"] += by_name.get("TEMP", 0) + max(optimizer - state_bytes[device], 0)
     return parts

@@ -32,6 +32,7 @@ from bnnrepro.models.pretrained import load_pretrained
 from bnnrepro.nn.layers import (clip_latent_weights_, compact_saved_activations, init_latent_weights_,
                                 quantized_layers)
 from bnnrepro.nn.packing import PackedBinaryWeights
+from bnnrepro.nn.recompute import recomputed_blocks
 from bnnrepro.optim import TrainingOptimizers, build_optimizers
 from bnnrepro.runtime import reuse_freed_memory, seed_everything, set_deterministic
 
@@ -164,11 +165,13 @@ def train_one_epoch(model, loader, optimizer: TrainingOptimizers, cfg: Experimen
 @contextlib.contextmanager
 def memory_efficient_steps(model: nn.Module, optimizer: TrainingOptimizers, cfg: ExperimentConfig):
     """train.memory_efficient (docs/memory.md): within, the binary weights update inside backward, each as
-    its gradient completes, and sign activations save 1 bit per value for backward. Nothing otherwise."""
+    its gradient completes, sign activations save 1 bit per value for backward, and the blocks a model
+    names are recomputed in backward. Nothing otherwise."""
     if not cfg.train.memory_efficient:
         yield
         return
-    with optimizer.updates_in_backward(cfg.optim.grad_clip), compact_saved_activations(model):
+    with optimizer.updates_in_backward(cfg.optim.grad_clip), compact_saved_activations(model), \
+            recomputed_blocks(model):
         yield
 
 

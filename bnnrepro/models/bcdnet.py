@@ -106,3 +106,7 @@ class BCDNet(nn.Module):
             x = block(x)
         x = self.mlp_layer(x)  # (B, 1024, H/32, W/32)
         return self.fc(self.pool1(x).flatten(1))
+
+    def recompute_blocks(self) -> list[nn.Module]:
+        """Blocks the memory-efficient step runs again in backward (bnnrepro/nn/recompute.py)."""
+        return [*self.feature, *self.mlp_layer]

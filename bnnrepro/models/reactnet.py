@@ -167,3 +167,8 @@ class ReActNetA(nn.Module):
         for block in self.feature:
             x = block(x)
         return self.fc(self.pool1(x).flatten(1))  # (B, 1024, H/32, W/32) -> (B, 1024) -> (B, classes)
+
+    def recompute_blocks(self) -> list[nn.Module]:
+        """Blocks the memory-efficient step runs again in backward instead of keeping their insides
+        (bnnrepro/nn/recompute.py)."""
+        return list(self.feature)

@@ -136,8 +136,11 @@ class FlipOptimizer(PerParameterOptimizer):
             state["sigma"] = (sigma ** 2 + (math.pi / 2) * (eta * s / sigma) ** 2).sqrt()
 
 
-def _generator(seed: int, state: dict, device: torch.device) -> torch.Generator:
-    """A generator seeded from (seed, tensor index, step) alone."""
+def _generator(seed: int, state: dict, device: torch.device) -> torch.Generator | None:
+    """A generator seeded from (seed, tensor index, step) alone. None on the meta device, which holds shapes
+    and no values (the memory report counts the bytes of a step there): there is nothing to draw."""
+    if device.type == "meta":
+        return None
     key = f"{seed}/{state['index']}/{state['step']}".encode()
     stream = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1  # 63 bits
     return torch.Generator(device=device).manual_seed(stream)

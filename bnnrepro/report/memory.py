@@ -9,13 +9,14 @@ import pandas as pd
 import torch
 
 from bnnrepro.analysis.profile import profile_model
-from bnnrepro.analysis.training_state import METHODS, measure_training_memory, method_config
+from bnnrepro.analysis.training_state import METHODS, PEAK_COMPONENTS, measure_training_memory, method_config
 from bnnrepro.config import ExperimentConfig
 from bnnrepro.data.sources import get_source
 from bnnrepro.export import load_model
 from bnnrepro.models import build_model
 from bnnrepro.optim import split_parameters
 from bnnrepro.report import markdown
+from bnnrepro.report.claims import largest_part
 
 KIB = 1024
 COUNT_COLUMNS = ("weight_bits", "input_bits", "params_1bit", "params_2bit", "params_32bit", "macs_binary", "macs_32bit")
@@ -66,12 +67,16 @@ def training_state_table(name: str, cfg: ExperimentConfig) -> pd.DataFrame:
         model, shape = build(cfg)
         n_binary = sum(p.params_1bit for p in profile_model(model, shape))
         has_fp_params = len(split_parameters(model)[1]) > 0
-        state = measure_training_memory(model, method_config(cfg, method, has_fp_params), shape, cfg.data.batch_size)
+        # on the meta device (shapes, no values) a step costs no arithmetic and allocates the same tensors
+        # as on the CPU; tests/test_memory.py checks the counts agree
+        state = measure_training_memory(model.to("meta"), method_config(cfg, method, has_fp_params), shape,
+                                        cfg.data.batch_size)
         rows.append({"model": name, "method": label, "formula": method.formula,
                      "formula_bits_per_binary_weight": method.formula_bits,
                      "measured_bits_per_binary_weight": 8 * state["binary"] / n_binary,
                      "measured_state_kib": (state["binary"] + state["other"] + state["buffers"]) / KIB,
-                     "peak_step_batch": cfg.data.batch_size, "peak_step_kib": state["peak_step"] / KIB})
+                     "peak_step_batch": cfg.data.batch_size, "peak_step_kib": state["peak_step"] / KIB,
+                     **{f"peak_{part}_kib": kib / KIB for part, kib in state["peak_step_components"].items()}})
     table = pd.DataFrame(rows)
     adam = table.loc[table["method"] == "latent Adam"].iloc[0]
     table["relative_to_latent_adam"] = table["measured_state_kib"] / adam["measured_state_kib"]
@@ -99,8 +104,24 @@ def claims(states: pd.DataFrame) -> str:
             f"smaller); BinSFO claims \"70.7 % smaller\" without saying what it counts (docs/binsfo.md#memory-claim). The peak of "
             f"a training step at batch {int(peak_batch[packed])}, activations and gradients included: packed flip "
             f"{peak[packed]:.1f} KiB against {peak['latent Adam']:.1f} KiB for latent Adam "
-            f"({100 * (1 - peak[packed] / peak['latent Adam']):.1f} % smaller).")
+            f"({100 * (1 - peak[packed] / peak['latent Adam']):.1f} % smaller). The same flip with "
+            f"`train.memory_efficient` (updates inside backward, compact saved activations): {peak[EFFICIENT]:.1f} KiB "
+            f"({100 * (1 - peak[EFFICIENT] / peak['latent Adam']):.1f} % smaller than latent Adam, "
+            f"{peak['latent SGD'] / peak[EFFICIENT]:.2f}x less than latent SGD); {largest_part(t, EFFICIENT)}.")
     return "\n".join(lines)
+
+
+EFFICIENT = "flip (BWS/BinSFO), packed, memory-efficient"
+
+
+def peak_table(states: pd.DataFrame) -> pd.DataFrame:
+    """The peak of one training step split into its components, in MiB, with the ratio to latent Adam."""
+    columns = {f"peak_{part}_kib": part for part in PEAK_COMPONENTS}
+    table = states[["model", "method", "peak_step_batch", *columns, "peak_step_kib", "peak_relative_to_latent_adam"]]
+    table = table.rename(columns={**columns, "peak_step_batch": "batch", "peak_step_kib": "peak",
+                                  "peak_relative_to_latent_adam": "x_latent_adam"})
+    mib = [*columns.values(), "peak"]
+    return table.assign(**{c: table[c] / KIB for c in mib})
 
 
 def to_markdown(models: pd.DataFrame, sizes: pd.DataFrame, states: pd.DataFrame) -> str:
@@ -125,10 +146,22 @@ def to_markdown(models: pd.DataFrame, sizes: pd.DataFrame, states: pd.DataFrame)
         "`peak_step_kib` is the peak of one training step at the config's batch size (`peak_step_batch`): every "
         "live tensor at once, i.e. weights, gradients, optimizer state, activations and temporaries, measured "
         "with torch's MemTracker (`torch.distributed._tools.mem_tracker`), which follows each tensor storage "
-        "the step allocates and frees. It is what `torch.cuda.max_memory_allocated` counts on a GPU, measured "
-        "here on the CPU, and does not include the allocator's cache or the Python process.\n",
-        markdown.to_markdown(states, 2, integer_columns=("formula_bits_per_binary_weight", "peak_step_batch")),
-        "\n\n### The papers' memory claims under this measurement\n",
+        "the step allocates and frees. It is what `torch.cuda.max_memory_allocated` counts on a GPU, and does "
+        "not include the allocator's cache or the Python process. The steps run on torch's meta device: tensors "
+        "with shapes and no values, so the training code allocates exactly what it allocates on the CPU (the same "
+        "bytes, checked by tests/test_memory.py) without doing the arithmetic. Section 3 splits the peak into its "
+        "parts.\n",
+        markdown.to_markdown(states.drop(columns=[f"peak_{part}_kib" for part in PEAK_COMPONENTS]), 2,
+                             integer_columns=("formula_bits_per_binary_weight", "peak_step_batch")),
+        "\n\n## 3. The peak of one training step, by component\n\n"
+        "MiB of live tensors at the moment of the peak (MemTracker), at the config's batch size: weights "
+        "(with packed sign bits), buffers (BatchNorm statistics), gradients, activations saved for backward, "
+        "optimizer state kept between steps, and temporaries (the step's scratch tensors, the optimizers' "
+        "included). `x_latent_adam` is the peak over latent Adam's. The last method is packed flip with "
+        "`train.memory_efficient` (docs/memory.md): each binary weight updated inside backward and its gradient "
+        "freed at once, sign activations and +-1 layer inputs saved as bits. Figure: `memory_peak.png`.\n",
+        markdown.to_markdown(peak_table(states), 2, integer_columns=("batch",)),
+        "\n\n## 4. The papers' memory claims under this measurement\n",
         claims(states),
     ]
     return "\n".join(parts) + "\n"

@@ -107,6 +107,27 @@ def plot_training_state(states: pd.DataFrame, out: Path) -> None:
     save(fig, out)
 
 
+def plot_peak_components(peaks: pd.DataFrame, components: tuple[str, ...], out: Path) -> None:
+    """The peak of one training step of every method, as horizontal bars stacked by component (MiB), one
+    panel per model: where the memory of a step goes, and what each method removes."""
+    models = list(dict.fromkeys(peaks["model"]))
+    fig, axes = plt.subplots(len(models), 1, figsize=(10, 2.6 * len(models)), squeeze=False)
+    for ax, model in zip(axes[:, 0], models):
+        rows = peaks[peaks["model"] == model].iloc[::-1]  # the first method on top
+        left = np.zeros(len(rows))
+        for i, part in enumerate(components):
+            ax.barh(rows["method"], rows[part], left=left, color=f"C{i}", label=part.replace("_", " "))
+            left += rows[part].to_numpy(dtype=float)
+        ax.set_title(f"{model}, batch {int(rows['batch'].iloc[0])}", fontsize=9)
+        ax.set_xlabel("MiB at the peak of one training step (MemTracker)", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(components), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
+    save(fig, out)
+
+
 VERDICT_COLORS = {"reproduced": "C2", "within seed noise": "C0", "ours": "0.5", "short": "C3", "not run here": "0.8"}
 
 
