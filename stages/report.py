@@ -46,7 +46,7 @@ def main(argv=None) -> int:
 
     labels = [r.get("label", name) for name, r in yaml.safe_load(args.recipes.read_text()).items()]
     compare = comparison.comparison_table(args.runs, labels)
-    bws = comparison.bws_table(args.runs)
+    bws = comparison.bws_table(args.runs, args.pretrained, args.pretrained_results)
     binsfo = comparison.method_table(args.runs, "binsfo_mnist_")
     finetune = comparison.finetune_table(args.runs)
     write_text(args.out / "comparison.csv", compare.to_csv(index=False))

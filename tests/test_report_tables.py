@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from bnnrepro.report.accuracy import run_row
-from bnnrepro.report.comparison import finetune_table
+from bnnrepro.report.comparison import bws_table, finetune_table
 from bnnrepro.run_metrics import RunMetrics
 
 TRAINED_DEFAULTS = {"device": "cpu", "test_n": 10000}
@@ -43,3 +43,23 @@ def test_accuracy_rows_name_the_processor_when_the_run_recorded_it():
                    device="cpu")
     assert run_row(RunMetrics(**metrics))["device"] == "cpu"  # metrics written before device_name was recorded
     assert run_row(RunMetrics(**metrics, device_name="AMD EPYC"))["device"] == "cpu (AMD EPYC)"
+
+
+def test_bws_table_puts_the_shipped_model_beside_each_run(tmp_path):
+    runs, pretrained, results = tmp_path / "runs", tmp_path / "pretrained", tmp_path / "results"
+    runs.mkdir()
+    for run in ("bws_digits_emp_const", "bws_digits_real"):
+        write_metrics(runs, run, dataset="digits", status="trained", test_top1=80.0, epochs=10, seed=1,
+                      profile="quick", model="mlp", optimizer="flip", paper="bws")
+        (runs / run / "history.csv").write_text("epoch,flips\n1,5\n")
+    (pretrained / "bws_digits_emp_const").mkdir(parents=True)
+    (pretrained / "bws_digits_emp_const" / "metadata.json").write_text(json.dumps({"epochs_trained": 100,
+                                                                                   "best_epoch": 35}))
+    results.mkdir()
+    (results / "bws_digits_emp_const.json").write_text(json.dumps({"accuracy": 86.55}))
+
+    table = bws_table(runs, pretrained, results).set_index("mask")
+    assert table.loc["emp", ["top1", "shipped top1", "shipped epochs", "shipped best_epoch"]].tolist() == [80.0, 86.55,
+                                                                                                       100, 35]
+    assert table.loc["real space (latent SGD)", ["shipped top1", "shipped epochs"]].isna().all()  # none shipped
+    assert "shipped top1" not in bws_table(runs).columns  # without the shipped models' folders

@@ -11,6 +11,7 @@ history.csv (weights whose sign changed, per epoch).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -59,8 +60,10 @@ def comparison_table(runs_dir: Path, recipe_order: list[str]) -> pd.DataFrame:
     return table[columns] if len(table) else table
 
 
-def bws_table(runs_dir: Path) -> pd.DataFrame:
-    """Digit: one row per hypermask x scheduler, plus the real-space baseline."""
+def bws_table(runs_dir: Path, pretrained: Path | None = None, pretrained_results: Path | None = None) -> pd.DataFrame:
+    """Digit: one row per hypermask x scheduler, plus the real-space baseline. With `pretrained` and
+    `pretrained_results`: the shipped model of the same cell (trained at the paper's 100 epochs, evaluated
+    by infer@bws_digits_<cell>) beside this profile's run."""
     rows = []
     for m, history in load_runs(runs_dir, "bws_digits_"):
         name = m.run.removeprefix("bws_digits_")
@@ -68,8 +71,20 @@ def bws_table(runs_dir: Path) -> pd.DataFrame:
         if name == "real":
             mask, scheduler = "real space (latent SGD)", "-"
         rows.append({"mask": mask, "scheduler": scheduler, **run_cells(m, history), "seed": m.seed,
-                     "profile": m.profile})
+                     "profile": m.profile, **shipped_cells(m.run, pretrained, pretrained_results)})
     return pd.DataFrame(rows)
+
+
+def shipped_cells(run: str, pretrained: Path | None, pretrained_results: Path | None) -> dict:
+    """Test top-1 of the shipped model named `run`, and its epochs (trained, and of the best checkpoint)."""
+    if pretrained is None or pretrained_results is None:
+        return {}
+    result, metadata = pretrained_results / f"{run}.json", pretrained / run / "metadata.json"
+    if not (result.is_file() and metadata.is_file()):
+        return {"shipped top1": None, "shipped epochs": None, "shipped best_epoch": None}
+    meta = json.loads(metadata.read_text())
+    return {"shipped top1": json.loads(result.read_text())["accuracy"], "shipped epochs": meta["epochs_trained"],
+            "shipped best_epoch": meta["best_epoch"]}
 
 
 def method_table(runs_dir: Path, prefix: str) -> pd.DataFrame:
@@ -127,9 +142,12 @@ def to_markdown(comparison: pd.DataFrame, bws: pd.DataFrame, binsfo: pd.DataFram
             "",
             "BWS MLP 64-1024-1024-1024-10, no real-valued parameter, weights kept as sign bits between steps. "
             "lr 10 (the temperature scale of the BWS README's only binary-space command); the real-space "
-            "baseline is latent SGD with the code's default lr 1e-3. The paper's Digit numbers are not retrievable.",
+            "baseline is latent SGD with the code's default lr 1e-3. The paper's Digit numbers are not retrievable. "
+            "`shipped`: the same cell trained at the paper's 100 epochs, shipped in pretrained/ and evaluated by "
+            "its infer@ stage in every profile.",
             "",
-            markdown.to_markdown(bws, 2, integer_columns=("best_epoch", "epochs", "seed")) if len(bws) else "(no run yet)",
+            markdown.to_markdown(bws, 2, integer_columns=("best_epoch", "epochs", "seed", "shipped epochs",
+                                                          "shipped best_epoch")) if len(bws) else "(no run yet)",
             "",
             "## BinSFO's MLP on MNIST (64 x 64): its four training algorithms",
             "",
