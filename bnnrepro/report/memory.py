@@ -84,6 +84,9 @@ def training_state_table(name: str, cfg: ExperimentConfig) -> pd.DataFrame:
     return table
 
 
+EFFICIENT = "flip (BWS/BinSFO), packed, memory-efficient"  # the method row of train.memory_efficient
+
+
 def claims(states: pd.DataFrame) -> str:
     """What the papers' memory claims come to under our measurement, model by model."""
     lines = []
@@ -105,13 +108,11 @@ def claims(states: pd.DataFrame) -> str:
             f"a training step at batch {int(peak_batch[packed])}, activations and gradients included: packed flip "
             f"{peak[packed]:.1f} KiB against {peak['latent Adam']:.1f} KiB for latent Adam "
             f"({100 * (1 - peak[packed] / peak['latent Adam']):.1f} % smaller). The same flip with "
-            f"`train.memory_efficient` (updates inside backward, compact saved activations): {peak[EFFICIENT]:.1f} KiB "
+            f"`train.memory_efficient` (updates inside backward, compact saved activations, recomputed blocks where "
+            f"the model names them): {peak[EFFICIENT]:.1f} KiB "
             f"({100 * (1 - peak[EFFICIENT] / peak['latent Adam']):.1f} % smaller than latent Adam, "
             f"{peak['latent SGD'] / peak[EFFICIENT]:.2f}x less than latent SGD); {largest_part(t, EFFICIENT)}.")
     return "\n".join(lines)
-
-
-EFFICIENT = "flip (BWS/BinSFO), packed, memory-efficient"
 
 
 def peak_table(states: pd.DataFrame) -> pd.DataFrame:
@@ -154,12 +155,13 @@ def to_markdown(models: pd.DataFrame, sizes: pd.DataFrame, states: pd.DataFrame)
         markdown.to_markdown(states.drop(columns=[f"peak_{part}_kib" for part in PEAK_COMPONENTS]), 2,
                              integer_columns=("formula_bits_per_binary_weight", "peak_step_batch")),
         "\n\n## 3. The peak of one training step, by component\n\n"
-        "MiB of live tensors at the moment of the peak (MemTracker), at the config's batch size: weights "
+        "MiB of live tensors at the moment of the peak (MemTracker), at `batch` images a step: weights "
         "(with packed sign bits), buffers (BatchNorm statistics), gradients, activations saved for backward, "
         "optimizer state kept between steps, and temporaries (the step's scratch tensors, the optimizers' "
         "included). `x_latent_adam` is the peak over latent Adam's. The last method is packed flip with "
         "`train.memory_efficient` (docs/memory.md): each binary weight updated inside backward and its gradient "
-        "freed at once, sign activations and +-1 layer inputs saved as bits. Figure: `memory_peak.png`.\n",
+        "freed at once, sign activations and +-1 layer inputs saved as bits, and ReActNet-A's and BCDNet's "
+        "residual blocks recomputed in backward. Figure: `memory_peak.png`.\n",
         markdown.to_markdown(peak_table(states), 2, integer_columns=("batch",)),
         "\n\n## 4. The papers' memory claims under this measurement\n",
         claims(states),
