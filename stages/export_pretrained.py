@@ -40,7 +40,7 @@ def from_checkpoint(args, dataset):
     if state is None:
         raise FileNotFoundError(f"no checkpoint at '{args.checkpoint}'")
     c, h, _ = dataset.image_shape
-    model = build_model(cfg.model, c, dataset.num_classes, h)
+    model = build_model(cfg.model, c, dataset.num_classes, cfg.data.resize or h)
     model.load_state_dict(state["best"]["model"])
     history = pd.DataFrame(state["history"])
     trained = {"epochs_trained": state["epoch"], "epochs_planned": cfg.train.epochs,
@@ -53,8 +53,8 @@ def from_run(args):
     model, cfg, meta = load_model(args.run)
     history = pd.read_csv(args.history)
     result = meta["result"]
-    timing_path = Path("runs/timing") / f"{args.run.name}.json"  # written by stages/train.py, with the commit the
-    if not timing_path.is_file():                                  # training ran at (kept out of the hashed models/)
+    timing_path = args.timing / f"{args.run.name}.json"  # written by stages/train.py, with the commit the training
+    if not timing_path.is_file():                         # ran at (kept out of the hashed models/)
         raise MissingFileError(f"{timing_path}: the run's timing record is missing - export from the machine that "
                                "trained it, or use --checkpoint")
     timing = json.loads(timing_path.read_text())
@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("name")
     p.add_argument("--run", type=Path, help="finished run folder (models/<run>)")
     p.add_argument("--history", type=Path, help="history.csv of the finished run")
+    p.add_argument("--timing", type=Path, default=Path("runs/timing"), help="the run's timing records (stages/train.py --timing)")
     p.add_argument("--checkpoint", type=Path, help="per-epoch checkpoint of a run in progress")
     p.add_argument("--config", type=Path)
     p.add_argument("--profile", default="paper")
@@ -85,15 +86,17 @@ def main(argv=None) -> int:
     out = args.out_root / args.name
     c, h, _ = dataset.image_shape
     binary = cfg.model.weights == "binary"
-    save_model(model, out, cfg, {"channels": c, "image_size": h, "num_classes": dataset.num_classes},
+    save_model(model, out, cfg, {"channels": c, "image_size": cfg.data.resize or h, "num_classes": dataset.num_classes},
                "packed" if binary else "latent")
     reloaded, _, _ = load_model(out)
     test = evaluate_on_test(reloaded, cfg, dataset, torch.device("cpu"))
     published = load_experiment(args.config, profile="paper").train.epochs if args.config else None
     budget = f"{trained['epochs_trained']} epochs" + (f" (the published recipe: {published})" if published else "")
     metadata = json.loads((out / "metadata.json").read_text())
+    # without a validation split (val_size 0, as BinSFO's code) the test split picks the best epoch
+    chosen_on = "validation" if cfg.data.val_size else "test"
     metadata.update({
-        "budget": f"{budget}; best-validation checkpoint from epoch {trained['best_epoch']}; "
+        "budget": f"{budget}; best-{chosen_on} checkpoint from epoch {trained['best_epoch']}; "
                   f"CPU, {args.threads} thread(s); seed {cfg.train.seed}",
         "profile": args.profile, "seed": cfg.train.seed, **trained, "training_commit": args.training_commit or trained.get("training_commit"),
         "export_commit": git_commit(),

@@ -45,9 +45,9 @@ def main(argv=None) -> int:
     plot_reproduced_vs_reported(table, args.out / "plots" / "reproduced_vs_reported.png")
 
     labels = [r.get("label", name) for name, r in yaml.safe_load(args.recipes.read_text()).items()]
-    compare = comparison.comparison_table(args.runs, labels)
+    compare = comparison.comparison_table(args.runs, labels, args.pretrained, args.pretrained_results)
     bws = comparison.bws_table(args.runs, args.pretrained, args.pretrained_results)
-    binsfo = comparison.method_table(args.runs, "binsfo_mnist_")
+    binsfo = comparison.method_table(args.runs, "binsfo_mnist_", args.pretrained, args.pretrained_results)
     finetune = comparison.finetune_table(args.runs)
     write_text(args.out / "comparison.csv", compare.to_csv(index=False))
     write_text(args.out / "bws_digits.csv", bws.to_csv(index=False))

@@ -80,6 +80,20 @@ def mnist_files(n_train: int, n_test: int, seed: int) -> dict[str, bytes]:
 PIXELS = 3 * 32 * 32
 
 
+def write_learnable_mnist(folder: Path, n_train: int, n_test: int) -> None:
+    """A prepared MNIST-shaped dataset (stages/train.py's input, not raw files) that a net learns in a few
+    epochs: noise plus a bright row at a per-class height."""
+    from bnnrepro.data.prepared import write_prepared
+
+    n = n_train + n_test
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    images = (torch.rand(n, 1, 28, 28, generator=g) * 60).to(torch.uint8)
+    images[torch.arange(n), 0, labels * 2, :] = 255  # a learnable stripe per class
+    write_prepared("mnist", {"train_images": images[:n_train], "train_labels": labels[:n_train],
+                             "test_images": images[n_train:], "test_labels": labels[n_train:]}, folder)
+
+
 def make_image(k: int) -> np.ndarray:
     """A distinct 3x32x32 uint8 image for sample k: a background level plus one marked pixel."""
     img = np.full((3, 32, 32), k % 256, dtype=np.uint8)

@@ -10,20 +10,10 @@ import sys
 import time
 
 import pytest
-import torch
 
-from bnnrepro.data.prepared import write_prepared
+from standins import write_learnable_mnist
 
 pytestmark = pytest.mark.slow  # real processes: seconds each
-
-
-def tiny_mnist(folder):
-    g = torch.Generator().manual_seed(0)
-    labels = torch.randint(0, 10, (700,), generator=g)
-    images = (torch.rand(700, 1, 28, 28, generator=g) * 60).to(torch.uint8)
-    images[torch.arange(700), 0, labels * 2, :] = 255  # a learnable stripe per class
-    write_prepared("mnist", {"train_images": images[:600], "train_labels": labels[:600],
-                             "test_images": images[600:], "test_labels": labels[600:]}, folder)
 
 
 def train_command(repo_root, data, out):
@@ -40,7 +30,7 @@ def outputs(out):
 
 
 def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path, repo_root):
-    tiny_mnist(tmp_path / "data")
+    write_learnable_mnist(tmp_path / "data", 600, 100)
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     reference = tmp_path / "reference"
     subprocess.run(train_command(repo_root, tmp_path / "data", reference), cwd=repo_root, env=env, check=True,

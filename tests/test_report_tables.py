@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from bnnrepro.report.accuracy import run_row
-from bnnrepro.report.comparison import bws_table, finetune_table
+from bnnrepro.report.comparison import bws_table, comparison_table, finetune_table, method_table
 from bnnrepro.run_metrics import RunMetrics
 
 TRAINED_DEFAULTS = {"device": "cpu", "test_n": 10000}
@@ -63,3 +63,51 @@ def test_bws_table_puts_the_shipped_model_beside_each_run(tmp_path):
                                                                                                        100, 35]
     assert table.loc["real space (latent SGD)", ["shipped top1", "shipped epochs"]].isna().all()  # none shipped
     assert "shipped top1" not in bws_table(runs).columns  # without the shipped models' folders
+
+
+def test_binsfo_method_table_puts_the_shipped_model_beside_each_run(tmp_path):
+    runs, pretrained, results = tmp_path / "runs", tmp_path / "pretrained", tmp_path / "results"
+    runs.mkdir()
+    for run, optimizer in (("binsfo_mnist_binary", "BinSFO"), ("binsfo_mnist_adam", "Adam")):
+        write_metrics(runs, run, dataset="mnist", status="trained", test_top1=85.0, epochs=1, seed=1,
+                      profile="quick", model="mlp", optimizer=optimizer, paper="binsfo")
+        (runs / run / "history.csv").write_text("epoch,flips\n1,5\n")
+    (pretrained / "binsfo_mnist_binary").mkdir(parents=True)
+    (pretrained / "binsfo_mnist_binary" / "metadata.json").write_text(json.dumps({"epochs_trained": 100,
+                                                                                  "best_epoch": 97}))
+    results.mkdir()
+    (results / "binsfo_mnist_binary.json").write_text(json.dumps({"accuracy": 91.5}))
+
+    table = method_table(runs, "binsfo_mnist_", pretrained, results).set_index("method")
+    assert table.loc["BinSFO", ["top1", "shipped top1", "shipped epochs", "shipped best_epoch"]].tolist() == [85.0, 91.5,
+                                                                                                         100, 97]
+    assert table.loc["Adam", ["shipped top1", "shipped epochs"]].isna().all()  # not shipped
+    assert "shipped top1" not in method_table(runs, "binsfo_mnist_").columns
+
+
+def test_comparison_table_puts_the_shipped_model_beside_each_dataset(tmp_path):
+    runs, pretrained, results = tmp_path / "runs", tmp_path / "pretrained", tmp_path / "results"
+    runs.mkdir()
+    results.mkdir()
+    for dataset in ("mnist", "fashion-mnist"):
+        for recipe, optimizer in (("sgd", "SGD"), ("bop", "Bop")):
+            run = f"compare_{recipe}_{dataset}"
+            write_metrics(runs, run, dataset=dataset, status="trained", test_top1=70.0, epochs=1, seed=2020,
+                          profile="quick", model="mlp", optimizer=optimizer, paper="ours")
+            (runs / run / "history.csv").write_text("epoch,flips\n1,5\n")
+    (pretrained / "compare_bop_mnist").mkdir(parents=True)
+    (pretrained / "compare_bop_mnist" / "metadata.json").write_text(json.dumps({"epochs_trained": 20,
+                                                                                "best_epoch": 18}))
+    (results / "compare_bop_mnist.json").write_text(json.dumps({"accuracy": 90.5}))
+
+    table = comparison_table(runs, ["SGD", "Bop"], pretrained, results)
+    assert table["optimizer"].tolist() == ["SGD", "Bop"]  # the recipe file's order
+    assert list(table.columns) == ["optimizer", "fashion-mnist top1", "fashion-mnist top5", "fashion-mnist flips_%",
+                                   "fashion-mnist shipped top1", "mnist top1", "mnist top5", "mnist flips_%",
+                                   "mnist shipped top1", "budget", "shipped epochs"]  # datasets in run-name order
+    bop = table.set_index("optimizer").loc["Bop"]
+    assert (bop["mnist shipped top1"], bop["shipped epochs"]) == (90.5, 20)
+    assert bop[["fashion-mnist shipped top1"]].isna().all()  # not shipped
+    assert "mnist shipped top1" not in comparison_table(runs, ["SGD", "Bop"]).columns
+    (results / "compare_bop_mnist.json").unlink()
+    assert not [c for c in comparison_table(runs, ["SGD", "Bop"], pretrained, results).columns if "shipped" in c]

@@ -258,8 +258,7 @@ def evaluate(claims: list[dict[str, Any]], results: Results) -> pd.DataFrame:
     for claim in claims:
         result = {"budget": "", "source": "", "unit": "%", **KINDS[claim["kind"]](claim, results)}
         result["published_weights"] = official_weights(claim["official"], results) if "official" in claim else ""
-        if claim.get("note"):  # what the paper's number counts, where ours counts something else
-            result["how_far"] = f"{result['how_far']}. {claim['note']}"
+        result["note"] = claim.get("note", "")  # what the paper's number counts, where ours counts something else
         rows.append({"id": claim["id"], "paper": claim["paper"], "claim": claim["claim"], **result,
                      "detail": claim["detail"]})
     table = pd.DataFrame(rows)
@@ -295,11 +294,14 @@ def fetch_statuses(results: Results) -> list[str]:
 def front_page(table: pd.DataFrame, papers: dict[str, dict], figure: str, fetched: list[str] = ()) -> str:
     """reports/README.md: the claims table, the figure above it, what each verdict means, and the status of
     every published checkpoint."""
+    notes = list(dict.fromkeys(n for n in table["note"] if n)) if "note" in table else []
     rows = [{"paper": f"[{row.paper}](../{papers[row.paper]['docs']})", "claim": row.claim,
              "paper's number": _number(row.published, row.unit), "ours": _number(row.ours, row.unit),
              "published weights, evaluated here": row.published_weights,
-             "verdict": row.verdict, "how far": row.how_far, "budget of ours": row.budget,
-             "details": f"[{row.detail}]({row.detail})"} for row in table.itertuples()]
+             "verdict": row.verdict, "how far": row.how_far + (f" (note {notes.index(row.note) + 1})"
+                                                             if getattr(row, "note", "") else ""),
+             "budget of ours": row.budget, "details": f"[{row.detail}]({row.detail})"} for row in table.itertuples()]
+    numbered = [f"{i}. {note}" for i, note in enumerate(notes, 1)]
     counts = ", ".join(f"{int((table['verdict'] == v).sum())} {v}" for v in ORDER)
     legend = "\n".join(f"- **{key}**: {p['title']} ([our notes](../{p['docs']}))" for key, p in papers.items())
     return "\n".join([
@@ -314,6 +316,7 @@ def front_page(table: pd.DataFrame, papers: dict[str, dict], figure: str, fetche
         "",
         pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True),
         "",
+        *(["Notes (what a paper's number counts where ours counts something else):", *numbered, ""] if notes else []),
         "Verdicts:",
         f"- **{REPRODUCED}**: an accuracy at most {TOLERANCE} points below the paper's; a memory ratio at least "
         "the paper's; a value within the claim's tolerance.",

@@ -44,20 +44,31 @@ def run_cells(m: RunMetrics, history: pd.DataFrame) -> dict:
             "best_epoch": m.best_epoch, "epochs": m.epochs}
 
 
-def comparison_table(runs_dir: Path, recipe_order: list[str]) -> pd.DataFrame:
-    """One row per optimizer recipe, top-1 / top-5 / flips per dataset."""
-    rows = {}
+def comparison_table(runs_dir: Path, recipe_order: list[str], pretrained: Path | None = None,
+                     pretrained_results: Path | None = None) -> pd.DataFrame:
+    """One row per optimizer recipe, top-1 / top-5 / flips per dataset. With `pretrained` and
+    `pretrained_results`: per dataset also the test top-1 of the shipped model of the same run name (trained
+    at the grid's full budget), `<dataset> shipped top1`."""
+    rows, datasets = {}, {}
+    cells = ("top1", "top5", "flips_%") + (("shipped top1",) if pretrained is not None else ())
     for m, history in load_runs(runs_dir, "compare_"):
+        datasets[m.dataset] = None
         row = rows.setdefault(m.optimizer, {"optimizer": m.optimizer})
-        for key, value in run_cells(m, history).items():
-            if key in ("top1", "top5", "flips_%"):
+        shipped = shipped_cells(m.run, pretrained, pretrained_results)
+        for key, value in {**run_cells(m, history), **shipped}.items():
+            if key in cells:
                 row[f"{m.dataset} {key}"] = value
         row["budget"] = f"{m.epochs} epochs, seed {m.seed}, {m.profile} profile"
+        if shipped.get("shipped epochs") is not None:
+            row["shipped epochs"] = shipped["shipped epochs"]
     order = {label: i for i, label in enumerate(recipe_order)}
     table = pd.DataFrame(sorted(rows.values(), key=lambda r: order.get(r["optimizer"], len(order))))
-    datasets = dict.fromkeys(c.rsplit(" ", 1)[0] for c in table.columns if c not in ("optimizer", "budget"))
-    columns = ["optimizer"] + [f"{d} {k}" for d in datasets for k in ("top1", "top5", "flips_%")] + ["budget"]
-    return table[columns] if len(table) else table
+    columns = ["optimizer"] + [f"{d} {k}" for d in datasets for k in cells] + ["budget", "shipped epochs"]
+    table = table.reindex(columns=columns) if len(table) else table
+    shipped_columns = [c for c in table.columns if "shipped" in c]
+    if shipped_columns and table[shipped_columns].isna().all().all():  # nothing shipped: no empty columns
+        table = table.drop(columns=shipped_columns)
+    return table
 
 
 def bws_table(runs_dir: Path, pretrained: Path | None = None, pretrained_results: Path | None = None) -> pd.DataFrame:
@@ -87,9 +98,12 @@ def shipped_cells(run: str, pretrained: Path | None, pretrained_results: Path | 
             "shipped best_epoch": meta["best_epoch"]}
 
 
-def method_table(runs_dir: Path, prefix: str) -> pd.DataFrame:
-    """One row per run of a grid over methods only (BinSFO's four algorithms)."""
-    return pd.DataFrame([{"method": m.optimizer, **run_cells(m, history), "seed": m.seed, "profile": m.profile}
+def method_table(runs_dir: Path, prefix: str, pretrained: Path | None = None,
+                 pretrained_results: Path | None = None) -> pd.DataFrame:
+    """One row per run of a grid over methods only (BinSFO's four algorithms). With `pretrained` and
+    `pretrained_results`: the shipped model of the same run name (trained at the paper's budget) beside it."""
+    return pd.DataFrame([{"method": m.optimizer, **run_cells(m, history), "seed": m.seed, "profile": m.profile,
+                          **shipped_cells(m.run, pretrained, pretrained_results)}
                          for m, history in load_runs(runs_dir, prefix)])
 
 
@@ -105,18 +119,24 @@ def finetune_table(runs_dir: Path) -> pd.DataFrame:
 
 
 def plot_comparison(table: pd.DataFrame, out: Path) -> None:
-    """Test top-1 of every optimizer recipe, one bar group per dataset."""
-    datasets = [c.removesuffix(" top1") for c in table.columns if c.endswith(" top1")] if len(table) else []
+    """Test top-1 of every optimizer recipe, one bar group per dataset: the shipped models (the grid's full
+    budget) where every recipe has one, else this profile's runs."""
+    datasets = [c.removesuffix(" top1") for c in table.columns
+                if c.endswith(" top1") and not c.endswith(" shipped top1")] if len(table) else []
+    shipped = bool(datasets) and all(f"{d} shipped top1" in table and table[f"{d} shipped top1"].notna().all()
+                                     for d in datasets)
+    column = "{} shipped top1" if shipped else "{} top1"
+    budget = (f"shipped, {int(table['shipped epochs'].iloc[0])} epochs" if shipped
+              else table["budget"].iloc[0] if len(table) else "")
     fig, ax = plt.subplots(figsize=(9, 4))
     width = 0.8 / max(len(datasets), 1)
     for i, dataset in enumerate(datasets):
         positions = [x + i * width for x in range(len(table))]
-        ax.bar(positions, table[f"{dataset} top1"], width=width, label=dataset)
+        ax.bar(positions, table[column.format(dataset)], width=width, label=dataset)
     ax.set_xticks([x + width * (len(datasets) - 1) / 2 for x in range(len(table))])
     ax.set_xticklabels(table["optimizer"] if len(table) else [], rotation=30, ha="right")
-    ax.set(ylabel="test top-1 (%)", title="Every optimizer recipe on one binary MLP"
-           + (f" ({table['budget'].iloc[0]})" if len(table) else ""))
-    low = min((table[f"{d} top1"].min() for d in datasets), default=0)
+    ax.set(ylabel="test top-1 (%)", title="Every optimizer recipe on one binary MLP" + (f" ({budget})" if budget else ""))
+    low = min((table[column.format(d)].min() for d in datasets), default=0)
     ax.set_ylim(max(0, low - 5), 100)
     ax.grid(axis="y", alpha=0.3)
     if datasets:
@@ -134,9 +154,13 @@ def to_markdown(comparison: pd.DataFrame, bws: pd.DataFrame, binsfo: pd.DataFram
             "",
             "Binary MLP 784-256-256-10 (binary weights and activations, BatchNorm with affine), batch 256, the last "
             "10,000 training images for validation. Each recipe keeps its published hyperparameters (tuned for "
-            "BinaryNet on CIFAR over 200 epochs); the budget here is much shorter.",
+            "BinaryNet on CIFAR over 200 epochs); the budget here is much shorter."
+            + (" `shipped top1`: the same run at the grid's 20 epochs (the paper profile), shipped in pretrained/ "
+               "and evaluated by its infer@ stage in every profile; the figure plots these where every recipe has "
+               "one." if "shipped epochs" in comparison.columns else ""),
             "",
-            markdown.to_markdown(comparison, 2) if len(comparison) else "(no run yet)",
+            markdown.to_markdown(comparison, 2, integer_columns=("shipped epochs",)) if len(comparison)
+            else "(no run yet)",
             "",
             "## Binary-weight-space training on Digit (BWS): every hypermask x temperature scheduler",
             "",
@@ -153,9 +177,12 @@ def to_markdown(comparison: pd.DataFrame, bws: pd.DataFrame, binsfo: pd.DataFram
             "",
             "MLP 4096-1024-1024-1024-10, no real-valued parameter, batch 256, the code's default lr 1e-3 (the "
             "SGD paths times sqrt(256 / 96)); the test split is evaluated every epoch (the code has no validation "
-            "split), so the best epoch is chosen on it. The paper's MNIST numbers are not retrievable.",
+            "split), so the best epoch is chosen on it. The paper's MNIST numbers are not retrievable. "
+            "`shipped`: the same run at the code's 100 epochs, shipped in pretrained/ and evaluated by its infer@ "
+            "stage in every profile.",
             "",
-            markdown.to_markdown(binsfo, 2, integer_columns=("best_epoch", "epochs", "seed")) if len(binsfo) else "(no run yet)",
+            markdown.to_markdown(binsfo, 2, integer_columns=("best_epoch", "epochs", "seed", "shipped epochs",
+                                                             "shipped best_epoch")) if len(binsfo) else "(no run yet)",
             "",
             "## BinSFO fine-tuning: ImageNet-pretrained AdamBNN and BCDNet, new head, six datasets at 256 x 256",
             "",
