@@ -10,12 +10,10 @@ STAMP := $(VENV)/.installed-stamp
 # Every package comes at the version pinned in requirements.lock (README: how to update it). The lock holds
 # setuptools too, so the editable install builds with the locked backend (--no-build-isolation) instead of
 # fetching the newest one, and bnnrepro's own dependencies are all in it already (--no-deps).
-# --no-compile: pip would byte-compile all ~13,000 installed .py files (torch, sympy, dvc, ...), about 40 s on
-# 2 cores; Python compiles, and caches, only the modules a stage imports the first time it imports them.
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --no-compile -r requirements.lock
-	$(PY) -m pip install --quiet --no-compile --no-deps --no-build-isolation -e .
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 repro: $(STAMP)
