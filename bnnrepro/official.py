@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Sequence
 
-import torch
 import yaml
 
 from bnnrepro.plain_yaml import ConfigError, read_yaml_mapping
@@ -115,6 +114,8 @@ def record_pins(path: str | os.PathLike, new: dict[str, str]) -> None:
 def holds_entry(key: str) -> Callable[[IO[bytes]], None]:
     """A content check: the bytes are a torch checkpoint (loaded weights_only) holding `key`."""
     def check(f: IO[bytes]) -> None:
+        import torch  # here, not at the top: the fetch stages find nothing to check offline and start in 0.1 s
+
         try:
             saved = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated, not a torch file (a web page), or pickled code: all refused

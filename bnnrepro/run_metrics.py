@@ -29,6 +29,7 @@ class RunMetrics:
     reason: str | None = None            # skipped: why the profile leaves it out (the config's profiles.<p>.skip)
     profile: str
     epochs: int | None = None
+    steps_per_epoch: int | None = None   # set when train.max_steps cut every epoch short (None: whole epochs)
     seed: int | None = None
     device: str | None = None            # cpu | cuda | mps
     device_name: str | None = None       # the processor or GPU model: it can change the last digits
@@ -54,6 +55,11 @@ class RunMetrics:
             raise ValueError("a skipped run needs its reason")
         if self.status == TRAINED and None in (self.epochs, self.seed, self.device, self.test_top1, self.test_n):
             raise ValueError("a trained run needs its epochs, seed, device, test_top1 and test_n")
+
+    def epochs_text(self) -> str:
+        """The training budget in words: "1 epoch", "10 epochs", "1 epoch of 100 steps"."""
+        text = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}"
+        return text + (f" of {self.steps_per_epoch} steps" if self.steps_per_epoch else "")
 
     @property
     def trained(self) -> bool:

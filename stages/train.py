@@ -95,6 +95,7 @@ def train(args: argparse.Namespace, overrides: dict) -> int:
     input_spec = {"channels": c, "image_size": cfg.data.resize or h, "num_classes": dataset.num_classes}
     metrics = RunMetrics(
         run=args.run, paper=cfg.paper, status=TRAINED, profile=args.profile, epochs=cfg.train.epochs,
+        steps_per_epoch=result.shortened_epoch,
         seed=cfg.train.seed, device=device.type, device_name=device_name(device), dataset=cfg.data.dataset,
         num_classes=dataset.num_classes, data_sha256=dataset.sha256, model=cfg.model.arch,
         method=cfg.model.describe(), optimizer=cfg.describe_optimizer(),

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from bnnrepro.analysis.training_state import METHODS, measure_training_memory, method_config
 from bnnrepro.config import ConfigError, load_experiment
@@ -19,7 +20,7 @@ from bnnrepro.engine.distributed import Ranks
 from bnnrepro.engine.train import fit
 from bnnrepro.models import build_model
 from bnnrepro.nn.layers import compact_saved_activations, quantized_layers
-from bnnrepro.nn.saved_bits import torch_layers_saving_less
+from bnnrepro.nn.saved_bits import conv2d_freeing_input, torch_layers_saving_less
 from bnnrepro.optim import build_optimizers
 from bnnrepro.optim.base import PerParameterOptimizer
 from bnnrepro.optim.flip import FlipOptimizer
@@ -195,6 +196,33 @@ def test_hardtanh_saving_window_matches_torch():
         grads.append((out, leaf.grad))
     assert torch.equal(grads[0][0].nan_to_num(), grads[1][0].nan_to_num())
     assert torch.equal(grads[0][1], grads[1][1]) and not grads[1][1].signbit()[[0, 1, 4, 5]].any()  # +0.0
+
+
+@pytest.mark.parametrize("kernel, stride, padding, bias", [(3, 1, 1, False), (3, 2, 1, True), (1, 1, 0, False),
+                                                        (1, 2, 0, True)])
+@pytest.mark.parametrize("layout, weight_layout", [(torch.contiguous_format,) * 2, (torch.channels_last,) * 2,
+                                                   (torch.channels_last, torch.contiguous_format)])
+def test_conv_freeing_its_input_matches_torch(kernel, stride, padding, bias, layout, weight_layout):
+    """The same output and the same three gradients, bit for bit and in the same memory layout, as F.conv2d:
+    with +-1 inputs and weights (the binary layers') and with float ones; a contiguous 1x1 weight (whose
+    strides fit both layouts, as unpacked ones have) under a channels_last input included."""
+    gen = torch.Generator().manual_seed(0)
+    for signs in (True, False):
+        x = torch.randn(4, 8, 9, 9, generator=gen)
+        w = torch.randn(16, 8, kernel, kernel, generator=gen)
+        x, w = (x.sign(), w.sign()) if signs else (x, w)
+        b = torch.randn(16, generator=gen) if bias else None
+        side = (9 + 2 * padding - kernel) // stride + 1
+        grad_out = torch.randn(4, 16, side, side, generator=gen).to(memory_format=layout)
+        results = []
+        for conv in (F.conv2d, conv2d_freeing_input):
+            leaves = [x.clone().to(memory_format=layout), w.clone().to(memory_format=weight_layout)]
+            leaves = [t.requires_grad_() for t in leaves + ([b.clone()] if bias else [])]
+            out = conv(*leaves[:2], leaves[2] if bias else None, (stride, stride), (padding, padding), (1, 1), 1)
+            out.backward(grad_out)
+            results.append([out] + [leaf.grad for leaf in leaves])
+        for ours, torchs in zip(results[1], results[0]):
+            assert torch.equal(ours, torchs) and ours.stride() == torchs.stride()
 
 
 FINETUNE = REPO / "config" / "binsfo"

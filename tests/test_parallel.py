@@ -191,13 +191,15 @@ def test_two_workers_equal_a_serial_run_and_resume_a_killed_training(serial, tmp
 # SLURM's commands as submitit calls them, running each job at once on this machine: sbatch starts the job
 # script in the background (job ids 1, 2, ...; SLURM's variables set; its output away from sbatch's, which
 # submitit reads to the end), srun runs its command into the log files it is given, and sacct reports
-# RUNNING until a job's script has exited, then COMPLETED or FAILED.
+# RUNNING until a job's script has exited, then COMPLETED or FAILED. The exit code is written aside and
+# renamed into place: sacct reading a half-written (empty) file would report a finished job as FAILED.
 FAKE_SLURM = {
     "sbatch": """\
 id=$(cat "$FAKE_SLURM_DIR/next" 2>/dev/null || echo 1); echo $((id + 1)) > "$FAKE_SLURM_DIR/next"
 cp "$1" "$FAKE_SLURM_DIR/job$id.sh"
 (export SLURM_JOB_ID=$id SLURM_NTASKS=1 SLURM_JOB_NUM_NODES=1 SLURM_NODEID=0 SLURM_PROCID=0 SLURM_LOCALID=0
- SLURM_JOB_NODELIST=localhost; bash "$1"; echo $? > "$FAKE_SLURM_DIR/job$id.exit") < /dev/null > /dev/null 2>&1 &
+ SLURM_JOB_NODELIST=localhost; bash "$1"; echo $? > "$FAKE_SLURM_DIR/job$id.part"
+ mv "$FAKE_SLURM_DIR/job$id.part" "$FAKE_SLURM_DIR/job$id.exit") < /dev/null > /dev/null 2>&1 &
 echo "Submitted batch job $id"
 """,
     "srun": """\

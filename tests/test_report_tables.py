@@ -31,7 +31,7 @@ def test_finetune_table_has_a_cell_per_dataset_trained_or_not(tmp_path):
                   profile="quick", **common)
 
     table = finetune_table(tmp_path).set_index(["model", "algorithm"])
-    assert table.loc[("reactnet_a", "BinSFO"), "cifar10"] == "91.23 (100 ep, seed 1)"
+    assert table.loc[("reactnet_a", "BinSFO"), "cifar10"] == "91.23 (100 epochs, seed 1)"
     assert table.loc[("reactnet_a", "BinSFO"), "caltech101"] == "not run (quick profile)"
     assert table.loc[("bcdnet", "Adam"), "cifar10"] == "not run (quick profile)"
     assert "mnist" not in table.columns  # the MNIST MLP runs are another table

@@ -37,6 +37,12 @@ def test_collapsed_means_below_twice_chance():
     assert not RunMetrics(**{**TRAINED, "test_top1": 20.0}).collapsed
 
 
+def test_the_budget_in_words_says_when_max_steps_cut_the_epochs_short():
+    assert RunMetrics(**TRAINED).epochs_text() == "2 epochs"
+    assert RunMetrics(**{**TRAINED, "epochs": 1}).epochs_text() == "1 epoch"
+    assert RunMetrics(**{**TRAINED, "epochs": 1, "steps_per_epoch": 100}).epochs_text() == "1 epoch of 100 steps"
+
+
 @pytest.mark.parametrize("content, message", [
     ("[1, 2]", "expected a JSON object"),
     ("{not json", "not JSON"),

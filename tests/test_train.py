@@ -376,6 +376,9 @@ def test_max_steps_shortens_every_epoch(dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod, "_train_step", lambda *a, **k: steps.append(1) or real(*a, **k))
     result = fit(config(**{"train.max_steps": 2}), dataset, CPU, tmp_path / "ckpt.pt", progress=False)
     assert len(steps) == 2 * 2 and [row["epoch"] for row in result.history] == [1, 2]  # 2 of 4 steps, 2 epochs
+    assert result.shortened_epoch == 2  # what the reports print beside the epochs
+    whole = fit(config(**{"train.max_steps": 4}), dataset, CPU, tmp_path / "whole.pt", progress=False)
+    assert whole.shortened_epoch is None  # 4 steps are the whole epoch
     # off by default, and then out of the digest: checkpoints written before the key existed still resume
     assert config(**{"train.max_steps": 0}).digest() == config().digest() != config(**{"train.max_steps": 2}).digest()
     with pytest.raises(ConfigError, match="train.max_steps must be >= 0"):

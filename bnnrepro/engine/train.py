@@ -55,6 +55,7 @@ class FitResult:
     test: dict[str, float]
     train_seconds: float
     resumed_from_epoch: int = 0
+    shortened_epoch: int | None = None  # steps per epoch when train.max_steps cut each epoch short
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -298,4 +299,5 @@ def fit(cfg: ExperimentConfig, dataset: Dataset, device: torch.device, checkpoin
     model.load_state_dict(best["model"])
     test = evaluate(model, loaders.test, cfg.train.tie_break)
     return FitResult(model=model, history=history, best_epoch=best["epoch"], best_val_top1=best["val_top1"],
-                     test=test, train_seconds=train_seconds, resumed_from_epoch=start_epoch - 1, extra=extra)
+                     test=test, train_seconds=train_seconds, resumed_from_epoch=start_epoch - 1,
+                     shortened_epoch=steps if steps < len(loaders.train) else None, extra=extra)

@@ -71,7 +71,11 @@ class BinaryNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, pool in enumerate(self.pool_after, start=1):
-            x = getattr(self, f"conv{i}")(getattr(self, f"binarize{i}")(x))
+            # two statements, so that the float input is freed before the conv runs: when backward needs only
+            # its signs (train.memory_efficient), it would otherwise sit beside them and the conv's output,
+            # the peak of the whole step
+            x = getattr(self, f"binarize{i}")(x)
+            x = getattr(self, f"conv{i}")(x)
             x = self.pool(x) if pool else x  # pool the real-valued conv output, before BN
             x = self.hardtanh(getattr(self, f"bn{i}")(x))
         x = x.flatten(1)  # (B, 512, S, S) -> (B, 512 S^2)

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from bnnrepro.nn.quantizers import (TERNARY_ACT_K, WEIGHT_SCALES, binarize, get_estimator, get_sign_rule,
                                     quantize_weight, sign, ternarize_ste)
 from bnnrepro.nn.saved_bits import ESTIMATORS as BIT_SAVING_ESTIMATORS
-from bnnrepro.nn.saved_bits import binarize_saving_bits, mark_signs, signs_saved_as_bits, torch_layers_saving_less
+from bnnrepro.nn.saved_bits import (binarize_saving_bits, conv2d_freeing_input, mark_signs, signs_saved_as_bits,
+                                    torch_layers_saving_less)
 
 PRECISIONS = ("fp", "binary", "ternary")
 
@@ -76,7 +77,10 @@ class QuantConv2d(nn.Conv2d):
         if self.same_replicate:
             x = replicate_pad(x, *same_padding(x.shape[-2:], self.kernel_size, self.stride))
         weight = quantize_weight(self.weight, self.precision, self.scale, self.sign_rule)
-        return self._conv_forward(x, mark_signs(weight) if self.save_bits else weight, self.bias)
+        if self.save_bits and self.padding_mode == "zeros" and isinstance(self.padding, tuple):
+            return conv2d_freeing_input(x, mark_signs(weight), self.bias, self.stride, self.padding, self.dilation,
+                                        self.groups)
+        return self._conv_forward(x, weight, self.bias)
 
     def extra_repr(self) -> str:
         pad = ", padding=same_replicate" if self.same_replicate else ""

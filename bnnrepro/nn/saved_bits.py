@@ -17,10 +17,16 @@ Two torch layers that often sit next to them save less as well (`torch_layers_sa
 keeps only its window (1 bit per value), and 2-d max pooling only the offset of each maximum inside its
 window (int8), not its float input and int64 indices.
 
+A binary conv's backward unpacks its saved input back to float +-1, and torch's conv backward would hold
+it beside the output gradient and the input gradient it makes: the peak of a BinaryNet step.
+`conv2d_freeing_input` computes the weight gradient first and drops the unpacked input before the input
+gradient, which needs only its shape.
+
 The float values backward computes from them are the same, bit for bit: the window mask gives the
 gradient or +0.0 exactly as hardtanh_backward does, the unpacked input holds the same +-1 in the same
-strides, and pooling's backward gets back torch's own index. Custom functions for the sign, Hardtanh and
-max pooling only; the linear and conv layers keep torch's own kernels.
+strides, pooling's backward gets back torch's own index, and the conv's two gradients come from torch's
+own convolution_backward, one at a time. Custom functions for the sign, Hardtanh, max pooling and that
+conv backward only; the linear layers keep torch's own.
 """
 
 from __future__ import annotations
@@ -137,6 +143,43 @@ def _window_origins(out_shape, width: int, stride, padding, device) -> torch.Ten
     rows = torch.arange(out_shape[-2], device=device) * stride[0] - padding[0]
     cols = torch.arange(out_shape[-1], device=device) * stride[1] - padding[1]
     return rows[:, None] * width + cols[None, :]
+
+
+def conv2d_freeing_input(x, weight, bias, stride, padding, dilation, groups: int) -> torch.Tensor:
+    """F.conv2d (numeric padding) whose backward holds the (unpacked) input only while it computes the
+    weight gradient: the input gradient comes after, from the weight and the output gradient alone."""
+    return _Conv2dFreeingInput.apply(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups)
+
+
+class _Conv2dFreeingInput(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+        ctx.args = (stride, padding, dilation, False, (0, 0), groups)  # convolution_backward's, not transposed
+        ctx.input_shape, ctx.bias_sizes = x.shape, None if bias is None else bias.shape
+        ctx.save_for_backward(x, weight)  # under signs_saved_as_bits: +-1 ones as bits
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+        x, weight = ctx.saved_tensors
+        grad_weight = grad_bias = grad_input = None
+        if need_weight or need_bias:
+            _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+                grad, x, weight, ctx.bias_sizes, *ctx.args, (False, need_weight, need_bias))
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        del x  # the unpacked input: not needed for the input gradient
+        if need_input:
+            # of its input, the kernel reads only the shape (torch.nn.grad.conv2d_input passes an expanded
+            # scalar), and its memory layout: the kernel runs channels_last when the input or the weight is.
+            # The stand-in has none, so a channels_last input is told by a channels_last copy of the weight
+            # (a 1x1 weight's strides fit both layouts), and the kernel is the one of the joint backward.
+            shape_only = grad.new_empty(1).expand(ctx.input_shape)
+            if channels_last:
+                weight = torch.empty_like(weight, memory_format=torch.channels_last).copy_(weight)
+            grad_input = torch.ops.aten.convolution_backward(
+                grad, shape_only, weight, None, *ctx.args, (True, False, False))[0]
+        return grad_input, grad_weight, grad_bias, None, None, None, None
 
 
 def _pair(v) -> tuple[int, int]:

@@ -37,13 +37,14 @@ def run_row(m: RunMetrics) -> dict[str, Any]:
               "optimizer": m.optimizer, "reported_top1": reported, "reported_top5": m.reported.get("top5")}
     if not m.trained:
         return {**common, "profile": m.profile, "status": f"not run: {m.reason}"}
-    note = f"{m.profile} profile, {m.epochs} epochs" if m.profile != "paper" else ""
+    note = f"{m.profile} profile, {m.epochs_text()}" if m.profile != "paper" else ""
     verdict = status(reported, m.test_top1, m.test_n, note, m.paper)
     if m.collapsed:
         verdict = f"collapsed: chance level is {100 / m.num_classes:.0f} % ({verdict})"
     return {**common, "reproduced_top1": m.test_top1,
             "difference": round(m.test_top1 - reported, 2) if reported is not None else None,
-            "reproduced_top5": m.test_top5, "profile": m.profile, "epochs": m.epochs, "seed": m.seed,
+            "reproduced_top5": m.test_top5, "profile": m.profile,
+            "epochs": m.epochs_text() if m.steps_per_epoch else m.epochs, "seed": m.seed,
             "device": device_text(m), "status": verdict}
 
 

@@ -98,7 +98,7 @@ def accuracy_verdict(published: float | None, ours: float, n: int) -> tuple[str,
 
 def budget(m: RunMetrics) -> str:
     device = f"{m.device} ({m.device_name})" if m.device_name else m.device
-    return f"{m.epochs} epoch{'s' if m.epochs != 1 else ''}, seed {m.seed}, {device}, {m.profile} profile"
+    return f"{m.epochs_text()}, seed {m.seed}, {device}, {m.profile} profile"
 
 
 def not_run(m: RunMetrics | None, what: str) -> dict[str, Any]:

@@ -41,7 +41,7 @@ def flips_percent(m: RunMetrics, history: pd.DataFrame) -> float | None:
 
 def run_cells(m: RunMetrics, history: pd.DataFrame) -> dict:
     return {"top1": m.test_top1, "top5": m.test_top5, "flips_%": flips_percent(m, history),
-            "best_epoch": m.best_epoch, "epochs": m.epochs}
+            "best_epoch": m.best_epoch, "budget": m.epochs_text()}
 
 
 def comparison_table(runs_dir: Path, recipe_order: list[str], pretrained: Path | None = None,
@@ -58,7 +58,7 @@ def comparison_table(runs_dir: Path, recipe_order: list[str], pretrained: Path |
         for key, value in {**run_cells(m, history), **shipped}.items():
             if key in cells:
                 row[f"{m.dataset} {key}"] = value
-        row["budget"] = f"{m.epochs} epochs, seed {m.seed}, {m.profile} profile"
+        row["budget"] = f"{m.epochs_text()}, seed {m.seed}, {m.profile} profile"
         if shipped.get("shipped epochs") is not None:
             row["shipped epochs"] = shipped["shipped epochs"]
     order = {label: i for i, label in enumerate(recipe_order)}
@@ -113,7 +113,7 @@ def finetune_table(runs_dir: Path) -> pd.DataFrame:
     for metrics_file in sorted(runs_dir.glob("binsfo_finetune_*/metrics.json")):
         m = RunMetrics.read(metrics_file)
         row = rows.setdefault((m.model, m.optimizer), {"model": m.model, "algorithm": m.optimizer})
-        row[m.dataset] = (f"{m.test_top1:.2f} ({m.epochs} ep, seed {m.seed})" if m.trained
+        row[m.dataset] = (f"{m.test_top1:.2f} ({m.epochs_text()}, seed {m.seed})" if m.trained
                           else f"not run ({m.profile} profile)")
     return pd.DataFrame(list(rows.values()))
 
@@ -170,7 +170,7 @@ def to_markdown(comparison: pd.DataFrame, bws: pd.DataFrame, binsfo: pd.DataFram
             "`shipped`: the same cell trained at the paper's 100 epochs, shipped in pretrained/ and evaluated by "
             "its infer@ stage in every profile.",
             "",
-            markdown.to_markdown(bws, 2, integer_columns=("best_epoch", "epochs", "seed", "shipped epochs",
+            markdown.to_markdown(bws, 2, integer_columns=("best_epoch", "seed", "shipped epochs",
                                                           "shipped best_epoch")) if len(bws) else "(no run yet)",
             "",
             "## BinSFO's MLP on MNIST (64 x 64): its four training algorithms",
@@ -181,7 +181,7 @@ def to_markdown(comparison: pd.DataFrame, bws: pd.DataFrame, binsfo: pd.DataFram
             "`shipped`: the same run at the code's 100 epochs, shipped in pretrained/ and evaluated by its infer@ "
             "stage in every profile.",
             "",
-            markdown.to_markdown(binsfo, 2, integer_columns=("best_epoch", "epochs", "seed", "shipped epochs",
+            markdown.to_markdown(binsfo, 2, integer_columns=("best_epoch", "seed", "shipped epochs",
                                                              "shipped best_epoch")) if len(binsfo) else "(no run yet)",
             "",
             "## BinSFO fine-tuning: ImageNet-pretrained AdamBNN and BCDNet, new head, six datasets at 256 x 256",
