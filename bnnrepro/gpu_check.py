@@ -3,7 +3,8 @@
     python -m bnnrepro.gpu_check [--device cuda] [--recipes 'sgdat@*-cifar10' ...] [--out reports/gpu_check.json]
 
 The GPU recipes are the pipeline's training stages (train@<run> in dvc.yaml, <grid>@<cell> in grids/<grid>/dvc.yaml)
-whose config the quick profile skips (`profiles.quick.skip`): the experiments that wait for a GPU. Their commands
+whose config the quick profile skips (`profiles.quick.skip`) on a dataset it does not prepare (params.yaml
+`datasets`): the experiments that wait for a GPU, not a CPU grid whose models are shipped instead. Their commands
 are read from the pipeline files themselves, so the check runs exactly the config, recipe and overrides the
 pipeline would. By default one cell of a grid stands for every cell with the same config and dataset (the first
 recipe of the grid's list); --all-cells runs every cell, --recipes picks cells by name (shell-style globs).
@@ -58,6 +59,7 @@ from bnnrepro.engine.train import fit
 from bnnrepro.errors import BadFileError, MissingFileError, UsageError, run_cli
 from bnnrepro.io import write_json
 from bnnrepro.models.pretrained import find_checkpoint_file
+from bnnrepro.plain_yaml import read_yaml_mapping
 from bnnrepro.runtime import environment, git_commit, resolve_device, set_deterministic
 
 TRAIN_SCRIPT = "stages/train.py"
@@ -138,12 +140,19 @@ def _rooted(recipe: str | None, root: Path) -> str | None:
     return f"{root / file}:{name}"
 
 
+def quick_datasets(root: Path) -> set[str]:
+    """The datasets the quick profile prepares (params.yaml `datasets.<name>.quick`)."""
+    datasets = read_yaml_mapping(root / "params.yaml").get("datasets") or {}
+    return {name for name, entry in datasets.items() if isinstance(entry, dict) and entry.get("quick")}
+
+
 def gpu_recipes(root: Path) -> list[Recipe]:
-    """The training stages whose config the quick profile skips, each knowing how many cells share its group."""
-    skipping = []
+    """The training stages whose config the quick profile skips on data it does not prepare (a CPU grid skipped
+    in favour of shipped models trains on quick data), each knowing how many cells share its group."""
+    skipping, on_cpu_data = [], quick_datasets(root)
     for stage in training_stages(root):
         reason = skip_reason(stage.config, "quick")
-        if reason:
+        if reason and stage.data.name not in on_cpu_data:
             skipping.append(dataclasses.replace(stage, skip=" ".join(reason.split())))
     sizes: dict[tuple, int] = {}
     for stage in skipping:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
+
 from bnnrepro.report.accuracy import run_row
-from bnnrepro.report.comparison import bws_table, comparison_table, finetune_table, method_table
+from bnnrepro.report.comparison import bws_table, comparison_table, finetune_table, method_table, plot_comparison
 from bnnrepro.run_metrics import RunMetrics
 
 TRAINED_DEFAULTS = {"device": "cpu", "test_n": 10000}
@@ -92,8 +94,9 @@ def test_comparison_table_puts_the_shipped_model_beside_each_dataset(tmp_path):
     for dataset in ("mnist", "fashion-mnist"):
         for recipe, optimizer in (("sgd", "SGD"), ("bop", "Bop")):
             run = f"compare_{recipe}_{dataset}"
-            write_metrics(runs, run, dataset=dataset, status="trained", test_top1=70.0, epochs=1, seed=2020,
-                          profile="quick", model="mlp", optimizer=optimizer, paper="ours")
+            write_metrics(runs, run, dataset=dataset, status="trained", test_top1=70.0, test_top5=99.0, epochs=1,
+                          seed=2020, profile="quick", model="mlp", optimizer=optimizer, paper="ours",
+                          binary_weights=100)
             (runs / run / "history.csv").write_text("epoch,flips\n1,5\n")
     (pretrained / "compare_bop_mnist").mkdir(parents=True)
     (pretrained / "compare_bop_mnist" / "metadata.json").write_text(json.dumps({"epochs_trained": 20,
@@ -103,11 +106,33 @@ def test_comparison_table_puts_the_shipped_model_beside_each_dataset(tmp_path):
     table = comparison_table(runs, ["SGD", "Bop"], pretrained, results)
     assert table["optimizer"].tolist() == ["SGD", "Bop"]  # the recipe file's order
     assert list(table.columns) == ["optimizer", "fashion-mnist top1", "fashion-mnist top5", "fashion-mnist flips_%",
-                                   "fashion-mnist shipped top1", "mnist top1", "mnist top5", "mnist flips_%",
-                                   "mnist shipped top1", "budget", "shipped epochs"]  # datasets in run-name order
+                                   "mnist top1", "mnist top5", "mnist flips_%", "mnist shipped top1", "budget",
+                                   "shipped epochs"]  # datasets in run-name order; nothing shipped on fashion-mnist
     bop = table.set_index("optimizer").loc["Bop"]
-    assert (bop["mnist shipped top1"], bop["shipped epochs"]) == (90.5, 20)
-    assert bop[["fashion-mnist shipped top1"]].isna().all()  # not shipped
+    assert (bop["mnist shipped top1"], bop["shipped epochs"], bop["mnist flips_%"]) == (90.5, 20, 5.0)
+    assert pd.isna(table.set_index("optimizer").loc["SGD", "mnist shipped top1"])  # not shipped
     assert "mnist shipped top1" not in comparison_table(runs, ["SGD", "Bop"]).columns
     (results / "compare_bop_mnist.json").unlink()
     assert not [c for c in comparison_table(runs, ["SGD", "Bop"], pretrained, results).columns if "shipped" in c]
+
+
+def test_comparison_table_shows_shipped_models_where_the_profile_trains_none(tmp_path):
+    """The quick profile skips the grid: its rows are the shipped models alone, without empty run columns."""
+    runs, pretrained, results = tmp_path / "runs", tmp_path / "pretrained", tmp_path / "results"
+    runs.mkdir()
+    results.mkdir()
+    for recipe, optimizer, top1 in (("sgd", "SGD", 91.0), ("bop", "Bop", 92.5), ("adam", "Adam", None)):
+        run = f"compare_{recipe}_mnist"
+        write_metrics(runs, run, dataset="mnist", status="skipped", reason="shipped", profile="quick",
+                      model="mlp", optimizer=optimizer, paper="ours")
+        if top1 is not None:  # Adam: neither trained nor shipped, so no row
+            (pretrained / run).mkdir(parents=True)
+            (pretrained / run / "metadata.json").write_text(json.dumps({"epochs_trained": 20, "best_epoch": 19}))
+            (results / f"{run}.json").write_text(json.dumps({"accuracy": top1}))
+
+    table = comparison_table(runs, ["SGD", "Bop", "Adam"], pretrained, results)
+    assert list(table.columns) == ["optimizer", "mnist shipped top1", "shipped epochs"]
+    assert table.values.tolist() == [["SGD", 91.0, 20], ["Bop", 92.5, 20]]
+    assert comparison_table(runs, ["SGD", "Bop", "Adam"]).empty  # without the shipped models: nothing to show
+    plot_comparison(table, tmp_path / "comparison.png")
+    assert (tmp_path / "comparison.png").stat().st_size > 0

@@ -21,13 +21,16 @@ from bnnrepro.report.plots import plt, save
 from bnnrepro.run_metrics import RunMetrics
 
 
-def load_runs(runs_dir: Path, prefix: str) -> list[tuple[RunMetrics, pd.DataFrame]]:
-    """The trained runs of a grid (run names starting with `prefix`), each with its per-epoch history."""
+def load_runs(runs_dir: Path, prefix: str, skipped: bool = False) -> list[tuple[RunMetrics, pd.DataFrame | None]]:
+    """The trained runs of a grid (run names starting with `prefix`), each with its per-epoch history; with
+    `skipped`, also the runs the profile leaves out (history None), for their shipped models."""
     runs = []
     for metrics_file in sorted(runs_dir.glob(f"{prefix}*/metrics.json")):
         m = RunMetrics.read(metrics_file)
         if m.trained:
             runs.append((m, pd.read_csv(metrics_file.parent / "history.csv")))
+        elif skipped:
+            runs.append((m, None))
     return runs
 
 
@@ -48,27 +51,28 @@ def comparison_table(runs_dir: Path, recipe_order: list[str], pretrained: Path |
                      pretrained_results: Path | None = None) -> pd.DataFrame:
     """One row per optimizer recipe, top-1 / top-5 / flips per dataset. With `pretrained` and
     `pretrained_results`: per dataset also the test top-1 of the shipped model of the same run name (trained
-    at the grid's full budget), `<dataset> shipped top1`."""
+    at the grid's full budget), `<dataset> shipped top1`, also where this profile skipped the run. Columns
+    empty in every row (nothing shipped, or nothing trained here) are left out."""
     rows, datasets = {}, {}
     cells = ("top1", "top5", "flips_%") + (("shipped top1",) if pretrained is not None else ())
-    for m, history in load_runs(runs_dir, "compare_"):
+    for m, history in load_runs(runs_dir, "compare_", skipped=pretrained is not None):
+        shipped = shipped_cells(m.run, pretrained, pretrained_results)
+        if not m.trained and shipped.get("shipped top1") is None:
+            continue  # neither trained here nor shipped
         datasets[m.dataset] = None
         row = rows.setdefault(m.optimizer, {"optimizer": m.optimizer})
-        shipped = shipped_cells(m.run, pretrained, pretrained_results)
-        for key, value in {**run_cells(m, history), **shipped}.items():
+        for key, value in {**(run_cells(m, history) if m.trained else {}), **shipped}.items():
             if key in cells:
                 row[f"{m.dataset} {key}"] = value
-        row["budget"] = f"{m.epochs_text()}, seed {m.seed}, {m.profile} profile"
+        if m.trained:
+            row["budget"] = f"{m.epochs_text()}, seed {m.seed}, {m.profile} profile"
         if shipped.get("shipped epochs") is not None:
             row["shipped epochs"] = shipped["shipped epochs"]
     order = {label: i for i, label in enumerate(recipe_order)}
     table = pd.DataFrame(sorted(rows.values(), key=lambda r: order.get(r["optimizer"], len(order))))
     columns = ["optimizer"] + [f"{d} {k}" for d in datasets for k in cells] + ["budget", "shipped epochs"]
     table = table.reindex(columns=columns) if len(table) else table
-    shipped_columns = [c for c in table.columns if "shipped" in c]
-    if shipped_columns and table[shipped_columns].isna().all().all():  # nothing shipped: no empty columns
-        table = table.drop(columns=shipped_columns)
-    return table
+    return table.dropna(axis="columns", how="all")
 
 
 def bws_table(runs_dir: Path, pretrained: Path | None = None, pretrained_results: Path | None = None) -> pd.DataFrame:
@@ -121,13 +125,14 @@ def finetune_table(runs_dir: Path) -> pd.DataFrame:
 def plot_comparison(table: pd.DataFrame, out: Path) -> None:
     """Test top-1 of every optimizer recipe, one bar group per dataset: the shipped models (the grid's full
     budget) where every recipe has one, else this profile's runs."""
-    datasets = [c.removesuffix(" top1") for c in table.columns
-                if c.endswith(" top1") and not c.endswith(" shipped top1")] if len(table) else []
+    datasets = list(dict.fromkeys(c.removesuffix(" top1").removesuffix(" shipped") for c in table.columns
+                                  if c.endswith(" top1")))
     shipped = bool(datasets) and all(f"{d} shipped top1" in table and table[f"{d} shipped top1"].notna().all()
                                      for d in datasets)
     column = "{} shipped top1" if shipped else "{} top1"
+    datasets = [d for d in datasets if column.format(d) in table]
     budget = (f"shipped, {int(table['shipped epochs'].iloc[0])} epochs" if shipped
-              else table["budget"].iloc[0] if len(table) else "")
+              else table["budget"].iloc[0] if "budget" in table and len(table) else "")
     fig, ax = plt.subplots(figsize=(9, 4))
     width = 0.8 / max(len(datasets), 1)
     for i, dataset in enumerate(datasets):
