@@ -225,6 +225,23 @@ def test_conv_freeing_its_input_matches_torch(kernel, stride, padding, bias, lay
             assert torch.equal(ours, torchs) and ours.stride() == torchs.stride()
 
 
+def test_a_binary_conv_with_a_padding_layer_gives_the_plain_gradients():
+    """padding_mode other than zeros pads in a layer of its own: torch's conv backward, the same gradients."""
+    from bnnrepro.nn.layers import QuantConv2d
+
+    conv = QuantConv2d(2, 3, 3, padding=1, bias=False).to(torch.float64)
+    conv.padding_mode = "circular"
+    x = torch.randn(2, 2, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).sign()
+    grads = []
+    for compact in (False, True):
+        conv.weight.grad = None
+        leaf = x.clone().requires_grad_()
+        with compact_saved_activations(conv) if compact else contextlib.nullcontext():
+            conv(leaf).square().sum().backward()
+        grads.append((leaf.grad, conv.weight.grad))
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
 FINETUNE = REPO / "config" / "binsfo"
 
 

@@ -77,9 +77,10 @@ class QuantConv2d(nn.Conv2d):
         if self.same_replicate:
             x = replicate_pad(x, *same_padding(x.shape[-2:], self.kernel_size, self.stride))
         weight = quantize_weight(self.weight, self.precision, self.scale, self.sign_rule)
-        if self.save_bits and self.padding_mode == "zeros" and isinstance(self.padding, tuple):
-            return conv2d_freeing_input(x, mark_signs(weight), self.bias, self.stride, self.padding, self.dilation,
-                                        self.groups)
+        if self.save_bits:
+            weight = mark_signs(weight)
+            if self.padding_mode == "zeros" and isinstance(self.padding, tuple):  # numeric padding, no padding layer
+                return conv2d_freeing_input(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         return self._conv_forward(x, weight, self.bias)
 
     def extra_repr(self) -> str:
