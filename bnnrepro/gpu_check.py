@@ -149,8 +149,9 @@ def quick_datasets(root: Path) -> set[str]:
 def gpu_recipes(root: Path) -> list[Recipe]:
     """The training stages whose config the quick profile skips on data it does not prepare (a CPU grid skipped
     in favour of shipped models trains on quick data), each knowing how many cells share its group."""
+    stages = training_stages(root)  # first: a folder that is no DVC project is that error, not a missing params.yaml
     skipping, on_cpu_data = [], quick_datasets(root)
-    for stage in training_stages(root):
+    for stage in stages:
         reason = skip_reason(stage.config, "quick")
         if reason and stage.data.name not in on_cpu_data:
             skipping.append(dataclasses.replace(stage, skip=" ".join(reason.split())))
