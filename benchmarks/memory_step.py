@@ -13,9 +13,11 @@ all on synthetic input:
   report (bnnrepro.analysis.training_state.measure_training_memory: torch's MemTracker, which follows
   every tensor storage; on a GPU also torch.cuda.max_memory_allocated of the same step);
 - the ratio of each peak to latent Adam's;
-- seconds per training step through the training loop itself (train_one_epoch), the median of at
-  least --steps steps (more for fast models: about --seconds of them) after a warm-up, and its ratio
-  to plain packed flip.
+- seconds per training step through the training loop itself (train_one_epoch) and its ratio to
+  plain packed flip. The methods take turns, an epoch each, for --rounds rounds (each epoch at least
+  --steps steps, more for fast models: about --seconds of steps per method in all, after a warm-up);
+  the ratio is the median over rounds of each round's median step time against packed flip's in the
+  same round, so that the drift of a shared machine's speed cancels.
 
 Not a timed test: numbers move with the machine; the ratios are what to read.
 """
@@ -65,30 +67,49 @@ class _Steps:
         self.times.append(time.perf_counter())
 
 
-def step_seconds(cfg, model, shape, steps: int, seconds: float, device: torch.device) -> float:
-    """Median seconds of one step of the training loop on synthetic batches: after a warm-up epoch of
-    two steps, `steps` steps or as many as fill about `seconds`, whichever is more (at most 200)."""
-    optimizers = build_optimizers(cfg, model)
-    optimizers.start_epoch(1)
+class _Trainer:
+    """One method's model and optimizers, trained for timing an epoch at a time on synthetic batches."""
 
-    def epoch(n: int) -> list[float]:
-        gen = torch.Generator().manual_seed(n)
-        images = torch.randint(0, 256, (n * cfg.data.batch_size, *shape), generator=gen, dtype=torch.uint8)
-        labels = torch.randint(0, 10, (n * cfg.data.batch_size,), generator=gen)
-        loader = BatchLoader(images, labels, cfg.data.batch_size, max_value=255, shuffle=True, device=device)
+    def __init__(self, cfg, model, shape, device: torch.device):
+        self.cfg, self.model, self.shape, self.device = cfg, model, shape, device
+        self.optimizers = build_optimizers(cfg, model)
+        self.optimizers.start_epoch(1)
+
+    def step_seconds(self, steps: int, seed: int) -> list[float]:
+        """Seconds of each step of one epoch of 1 + `steps` steps, the first step left out."""
+        gen = torch.Generator().manual_seed(seed)
+        n = (1 + steps) * self.cfg.data.batch_size
+        images = torch.randint(0, 256, (n, *self.shape), generator=gen, dtype=torch.uint8)
+        labels = torch.randint(0, 10, (n,), generator=gen)
+        loader = BatchLoader(images, labels, self.cfg.data.batch_size, max_value=255, shuffle=True,
+                             device=self.device)
         bar = _Steps()
-        train_one_epoch(model, loader, optimizers, cfg, 1, bar)
-        return [b - a for a, b in zip(bar.times[1:-1], bar.times[2:])]  # the first step of an epoch left out
-
-    warm = epoch(2)[0]
-    return statistics.median(epoch(1 + max(steps, min(200, round(seconds / warm)))))
+        train_one_epoch(self.model, loader, self.optimizers, self.cfg, 1, bar)
+        return [b - a for a, b in zip(bar.times[1:-1], bar.times[2:])]
 
 
-def measure(name: str, steps: int, seconds: float, device: torch.device) -> list[dict]:
+def time_steps(trainers: dict[str, _Trainer], steps: int, seconds: float, rounds: int) -> dict[str, tuple]:
+    """(median seconds per step, median ratio to packed flip) per method. The methods take turns, an epoch
+    each, for `rounds` rounds, and each ratio compares steps of one round: on a shared machine whose speed
+    drifts over minutes, a method timed only after another would be compared against a different machine.
+    An epoch is `steps` steps, or as many as fill about `seconds` per round (at most 200)."""
+    warm = max(trainer.step_seconds(2, seed=0)[0] for trainer in trainers.values())
+    per_epoch = max(steps, min(200, round(seconds / rounds / warm)))
+    medians = {label: [] for label in trainers}
+    for r in range(rounds):
+        for label, trainer in trainers.items():
+            medians[label].append(statistics.median(trainer.step_seconds(per_epoch, seed=1 + r)))
+    flip = medians["flip, packed"]
+    return {label: (statistics.median(m), statistics.median(a / b for a, b in zip(m, flip)))
+            for label, m in medians.items()}
+
+
+def measure(name: str, steps: int, seconds: float, rounds: int, device: torch.device,
+            timed: tuple[str, ...] = tuple(BENCHMARKED)) -> list[dict]:
     cfg = load_experiment(REPO / MODELS[name])  # its optimizer is replaced by each method's
     if name in BATCH:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=BATCH[name]))
-    rows = []
+    rows, trainers = [], {}
     for label, method in BENCHMARKED.items():
         model, shape = build(cfg)
         method_cfg = method_config(cfg, method, has_fp_params=len(split_parameters(model)[1]) > 0)
@@ -100,15 +121,17 @@ def measure(name: str, steps: int, seconds: float, device: torch.device) -> list
                **memory["peak_step_components"]}
         if device.type == "cuda":
             row["cuda_max_allocated"] = torch.cuda.max_memory_allocated(device)
-        model, _ = build(cfg)
-        model = model.to(device, memory_format=torch.channels_last)
-        row["seconds"] = step_seconds(method_cfg, model, shape, steps, seconds, device)
         rows.append(row)
-        print(f"  {name} / {label}: peak {row['peak'] / MIB:.1f} MiB, {row['seconds']:.3f} s/step", flush=True)
+        print(f"  {name} / {label}: peak {row['peak'] / MIB:.1f} MiB", flush=True)
+        if label in timed:
+            model, _ = build(cfg)
+            model = model.to(device, memory_format=torch.channels_last)
+            trainers[label] = _Trainer(method_cfg, model, shape, device)
+    times = time_steps(trainers, steps, seconds, rounds)
     adam = rows[0]["peak"]
-    flip = next(r for r in rows if r["method"] == "flip, packed")["seconds"]
     for row in rows:
-        row["peak_vs_adam"], row["time_vs_flip"] = row["peak"] / adam, row["seconds"] / flip
+        row["seconds"], row["time_vs_flip"] = times.get(row["method"], (float("nan"), float("nan")))
+        row["peak_vs_adam"] = row["peak"] / adam
     return rows
 
 
@@ -123,14 +146,19 @@ def print_table(rows: list[dict]) -> None:
         print(f"| {r['model']} | {r['method']} | {r['batch']} | " + " | ".join(mib)
               + f" | {r['peak_vs_adam']:.3f} | {r['seconds']:.3f} | {r['time_vs_flip']:.2f} |")
     print("\nMiB of live tensors at the peak of one training step (MemTracker); x Adam: peak / latent Adam's "
-          "peak; s/step: median seconds of a training-loop step; x flip: / packed flip's step time.")
+          "peak; s/step: median seconds of a training-loop step; x flip: the median over rounds of the step "
+          "time / packed flip's in the same round.")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated subset of {sorted(MODELS)}")
-    p.add_argument("--steps", type=int, default=3, help="timed training steps per method, at least")
-    p.add_argument("--seconds", type=float, default=3.0, help="time the steps of each method take, about")
+    p.add_argument("--steps", type=int, default=3, help="timed training steps per method and round, at least")
+    p.add_argument("--seconds", type=float, default=6.0, help="time the steps of each method take, about")
+    p.add_argument("--rounds", type=int, default=5, help="rounds in which the methods take turns")
+    p.add_argument("--time-flips-only", action="store_true",
+                   help="time only packed flip and its memory-efficient mode (the fine-tuning nets: each timed "
+                        "method keeps a model and its optimizer alive, and five of them outgrow 24 GiB)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
@@ -138,9 +166,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
-    rows = [row for name in args.models.split(",") for row in measure(name, args.steps, args.seconds, device)]
-    print()
-    print_table(rows)
+    timed = ("flip, packed", "flip, packed, memory-efficient") if args.time_flips_only else tuple(BENCHMARKED)
+    for name in args.models.split(","):  # a table per model as soon as it is measured
+        print()
+        print_table(measure(name, args.steps, args.seconds, args.rounds, device, timed))
 
 
 if __name__ == "__main__":

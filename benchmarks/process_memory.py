@@ -11,11 +11,12 @@ ru_maxrss, what `/usr/bin/time -v` prints as "Maximum resident set size"):
 
 - ours: `stages/train.py`, as the pipeline runs it;
 - ours, phase by phase: the same training in one process that prints the peak after importing torch, after
-  importing bnnrepro's training code, after loading the prepared dataset, after resizing it to 64 x 64 and
-  after training, so that the table shows where the memory goes;
-- with --published: the published code's `main.py` with the same settings, as one CPU process
-  (docs/binsfo-seed-spread.md says which non-numerical edits that needs: gloo instead of nccl, no
-  DataLoader workers).
+  importing bnnrepro's training code, after loading the prepared dataset and after training (the loader
+  resizes each batch to 64 x 64 as it draws it), so that the table shows where the memory goes;
+- with --published: the published code's `main.py` with the same settings, as one CPU process, with
+  only the edits that needs (the first three items of docs/binsfo-seed-spread.md#how-each-side-was-run:
+  gloo instead of nccl, BatchNorm1d, no DataLoader workers, no wandb) and none of its speed edits, which
+  would add a float copy of the resized dataset to the published side (docs/memory.md#the-whole-process).
 
 Prints each peak in MiB and ours / published. Not a timed test: the numbers depend on the machine, the
 allocator and the library versions; the ratio is what to read.
@@ -45,7 +46,7 @@ import torch
 torch.set_num_threads(2)
 peak("import torch")
 from bnnrepro.config import load_experiment
-from bnnrepro.data.prepared import load_dataset, resized
+from bnnrepro.data.prepared import load_dataset
 from bnnrepro.engine.train import fit
 from bnnrepro.runtime import resolve_device
 peak("import bnnrepro")
@@ -54,8 +55,6 @@ cfg = load_experiment("config/binsfo/mnist_mlp.yml", {"model.hidden": int(hidden
                       "optim.lr": 0.1}, recipe=recipes + ":binary")
 data = load_dataset(data_dir)
 peak("load prepared MNIST")
-data = resized(data, cfg.data.resize)
-peak("resize to 64 x 64")
 fit(cfg, data, resolve_device("cpu"), checkpoint, progress=False)
 peak("train")
 """

@@ -115,7 +115,7 @@ class DataConfig:
     # constant (zeros) | replicate (edge)
     pad_mode: str = field(default="constant", metadata=one_of("constant", "replicate"))
     augment_val: bool = False         # RWTH validates on augmented images (docs/rwth.md#augmented-validation)
-    # resize every image to resize x resize first, bilinear (BinSFO: MNIST at 64 x 64); 0: native size
+    # resize every image to resize x resize as its batch is drawn, bilinear (BinSFO: MNIST at 64 x 64); 0: native
     resize: int = field(default=0, metadata=NON_NEGATIVE)
     # training order: per_epoch (a new shuffle every epoch) | fixed (one shuffle, reused every epoch: BinSFO's code
     # never sets its sampler's epoch)

@@ -23,7 +23,7 @@ import torch
 
 from bnnrepro.data.batches import BatchLoader
 from bnnrepro.config import ExperimentConfig
-from bnnrepro.data.prepared import DATA_FILE, SKIP_FILE, Dataset, load_dataset, prepare_dataset, resized
+from bnnrepro.data.prepared import DATA_FILE, SKIP_FILE, Dataset, load_dataset, prepare_dataset
 from bnnrepro.engine.train import evaluate
 from bnnrepro.errors import MissingFileError, run_cli
 from bnnrepro.export import load_model, load_state_dict_checked
@@ -53,9 +53,8 @@ def load_any(model_path: Path, device: torch.device):
 
 def evaluate_on_test(model: torch.nn.Module, cfg: ExperimentConfig, data: Dataset, device: torch.device) -> dict:
     """Top-1/top-5 (%) on the whole test split, with the config's input size, normalization and tie break."""
-    data = resized(data, cfg.data.resize)
     loader = BatchLoader(data.test_images, data.test_labels, cfg.data.eval_batch_size, max_value=data.max_value,
-                         mean=tuple(cfg.data.mean), std=tuple(cfg.data.std), device=device)
+                         mean=tuple(cfg.data.mean), std=tuple(cfg.data.std), resize=cfg.data.resize, device=device)
     return evaluate(model.to(device, memory_format=torch.channels_last), loader, cfg.train.tie_break)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import subprocess
@@ -171,24 +170,31 @@ def test_prepare_and_load_mnist(mirror, tmp_path):
     assert torch.equal(again.train_images, ds.train_images) and torch.equal(again.test_labels, ds.test_labels)
 
 
-def test_resize_matches_torchvision_whatever_the_chunk(mirror, tmp_path, monkeypatch):
-    """resized() calls torch's uint8 kernel in chunks; torchvision's resize gives the same bytes (on an AVX2 CPU,
-    where torchvision takes that kernel too), and so does any chunk size."""
+def test_resize_batch_by_batch_matches_torchvision_and_the_whole_dataset(mirror, tmp_path):
+    """The loader resizes each batch with torch's uint8 kernel as it draws it: torchvision's resize gives the
+    same bytes (on an AVX2 CPU, where torchvision takes that kernel too), and so does resizing the whole
+    dataset once; the loader keeps no resized copy."""
     from torchvision.transforms.v2.functional import resize
 
-    from bnnrepro.data import prepared
+    from bnnrepro.data.batches import BatchLoader, resize_images
 
     prepare_dataset("mnist", tmp_path / "prepared", tmp_path / "raw", mirror=str(mirror))
     ds = load_dataset(tmp_path / "prepared")
-    ds = dataclasses.replace(ds, train_images=ds.train_images[:1000], train_labels=ds.train_labels[:1000])
-    big = prepared.resized(ds, 64)
-    assert big.train_images.shape == (1000, 1, 64, 64) and big.train_images.dtype == torch.uint8
-    assert big.image_shape == (1, 64, 64) and torch.equal(big.train_labels, ds.train_labels)
+    images, labels = ds.train_images[:1000], ds.train_labels[:1000]
+    whole = resize_images(images, 64)
+    assert whole.shape == (1000, 1, 64, 64) and whole.dtype == torch.uint8
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
-        assert torch.equal(big.train_images, resize(ds.train_images, [64, 64], antialias=True))
-    monkeypatch.setattr(prepared, "RESIZE_CHUNK", 7)  # chunks that do not divide the count
-    assert torch.equal(prepared.resized(ds, 64).test_images, big.test_images)
-    assert prepared.resized(ds, 28) is ds and prepared.resized(ds, 0) is ds
+        assert torch.equal(whole, resize(images, [64, 64], antialias=True))
+    common = dict(max_value=255, mean=(0.1307,), std=(0.3081,), shuffle=True, seed=3)
+    by_batch = BatchLoader(images, labels, 7, resize=64, **common)  # batches that do not divide the count
+    assert by_batch.images is images
+    batches = list(by_batch)
+    assert len(batches) == 143 and batches[0][0].shape == (7, 1, 64, 64)
+    for (x, y), (x_whole, y_whole) in zip(batches, BatchLoader(whole, labels, 7, **common), strict=True):
+        assert torch.equal(x, x_whole) and torch.equal(y, y_whole)
+    assert resize_images(images, 28) is images and resize_images(images, 0) is images
+    with pytest.raises(ValueError, match="resize must be 0"):
+        BatchLoader(images, labels, 7, max_value=255, resize=-1)
 
 
 def test_prepare_fashion_mnist(mirror, tmp_path):

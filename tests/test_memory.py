@@ -108,8 +108,9 @@ def test_memory_efficient_flip_has_the_smallest_peak():
         peaks[label] = measure_training_memory(model.to("meta"), method_config(cfg, METHODS[label], True),
                                                (1, 28, 28), 50)["peak_step_components"]
     plain, efficient = peaks.values()
-    assert efficient["gradients"] < plain["gradients"] and efficient["activations"] < plain["activations"]
-    assert sum(efficient.values()) < sum(plain.values())
+    # (at its peak, during the update of the largest layer, that layer's gradient is alive: more
+    # gradient bytes than at the plain mode's peak, which falls elsewhere)
+    assert efficient["activations"] < plain["activations"] and sum(efficient.values()) < sum(plain.values())
 
 
 def test_checkpoint_sizes_are_measured(tmp_path):

@@ -86,9 +86,45 @@ def test_mlp_trains_byte_for_byte_as_the_plain_mode(method, pack, tmp_path):
 
 
 @pytest.mark.parametrize("method", sorted(CONV_METHODS))
-def test_conv_net_trains_byte_for_byte_as_the_plain_mode(method, tmp_path):
-    run = assert_same_runs(config(**CONV_METHODS[method], **{"train.epochs": 1}), tiny_mnist(), tmp_path)
+@pytest.mark.parametrize("pack", [False, True])
+def test_conv_net_trains_byte_for_byte_as_the_plain_mode(method, pack, tmp_path):
+    cfg = config(**CONV_METHODS[method], **{"train.epochs": 1, "train.pack_weights": pack})
+    run = assert_same_runs(cfg, tiny_mnist(), tmp_path)
     assert run.history[0]["flips"] > 0
+
+
+def test_packed_weights_are_float_one_layer_at_a_time(monkeypatch, tmp_path):
+    """Packed and memory-efficient: at every binary layer's forward and every update inside backward, the
+    weight in use is the only binary weight held as floats."""
+    cfg = config(**CONV_METHODS["flip"], **{"train.epochs": 1, "train.max_steps": 2, "train.memory_efficient": True,
+                                            "train.pack_weights": True})
+    unpacked, updated = [], []
+    weights = []
+
+    def count(*_):
+        unpacked.append(sum(w.numel() > 0 for w in weights))
+
+    step_parameter = PerParameterOptimizer.step_parameter
+
+    def counting(self, p, free_grad=False):
+        assert p.numel() > 0
+        count()
+        updated.append(id(p))
+        step_parameter(self, p, free_grad)
+
+    monkeypatch.setattr(PerParameterOptimizer, "step_parameter", counting)
+    build = build_optimizers
+
+    def building(cfg, model):  # the model's binary weights, and a hook after every training forward of theirs
+        for layer in quantized_layers(model):
+            weights.append(layer.weight)
+            layer.register_forward_hook(lambda module, args, out: count() if module.training else None)
+        return build(cfg, model)
+
+    monkeypatch.setattr("bnnrepro.engine.train.build_optimizers", building)
+    fit(cfg, tiny_mnist(), CPU, tmp_path / "a.pt", progress=False)
+    n = len(weights)
+    assert n >= 3 and len(updated) == 2 * n and set(unpacked) == {1}
 
 
 def test_gradients_of_binary_weights_never_coexist(monkeypatch, tmp_path):

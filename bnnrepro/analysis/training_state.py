@@ -24,9 +24,9 @@ import torch.nn as nn
 from torch.distributed._tools.mem_tracker import MemTracker
 
 from bnnrepro.config import ExperimentConfig, OptimConfig
-from bnnrepro.nn.layers import compact_saved_activations
+from bnnrepro.engine.train import weights_for_step
+from bnnrepro.nn.layers import memory_efficient_activations, quantized_layers
 from bnnrepro.nn.packing import PackedBinaryWeights
-from bnnrepro.nn.recompute import recomputed_blocks
 from bnnrepro.optim import build_optimizers, split_parameters
 
 ADAM_FP = OptimConfig(name="adam", lr=1e-3)  # full-precision regime of the binary-weight methods
@@ -93,17 +93,17 @@ def measure_training_memory(model: nn.Module, cfg: ExperimentConfig, input_shape
     # installed after the forward pass, so MemTracker's own gradient hooks (set up during the forward of a
     # tracked step) see each gradient before the update frees it
     efficient = cfg.train.memory_efficient
+    layers = quantized_layers(model)
 
-    def step():  # as the training loop has it: the compact forms stay on through backward
+    def step(packed: PackedBinaryWeights | None = None):  # as the training loop has it
         optimizers.zero_grad()
-        with contextlib.ExitStack() as forms:
-            if efficient:
-                forms.enter_context(compact_saved_activations(model))
-                forms.enter_context(recomputed_blocks(model))
+        with memory_efficient_activations(model) if efficient else contextlib.nullcontext(), \
+                weights_for_step(layers, packed, cfg):
             loss = model(x).square().mean()
-            with optimizers.updates_in_backward() if efficient else contextlib.nullcontext():
+            repack = packed.pack_updated if packed else None
+            with optimizers.updates_in_backward(after_update=repack) if efficient else contextlib.nullcontext():
                 loss.backward()
-        optimizers.step()
+            optimizers.step()
 
     step()
     binary, _ = split_parameters(model)
@@ -127,8 +127,10 @@ def measure_training_memory(model: nn.Module, cfg: ExperimentConfig, input_shape
     # the sign bits as external tensors (MemTracker's "other"): counted with the weights
     tracker.track_external(model, *(regime.optimizer for regime in optimizers.regimes),
                            *(b for b in packed.bits if b is not None and b.numel()) if packed else ())
-    with tracker, packed.unpacked() if packed else contextlib.nullcontext():
-        step()
+    if packed:  # a weight unpacked during the step (just in time) is a weight, not a temporary
+        packed.on_unpack = tracker.track_external
+    with tracker:
+        step(packed)
     if packed:  # the model leaves as it came: float weights
         packed.unpack_()
     peaks = tracker.get_tracker_snapshot("peak")

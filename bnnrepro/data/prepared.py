@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
@@ -42,31 +41,6 @@ class Dataset:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_images.shape[1:])
-
-
-RESIZE_CHUNK = 2048  # images per resize call
-
-
-def resized(dataset: Dataset, size: int) -> Dataset:
-    """The dataset with every image resized to size x size (bilinear, antialiased, rounded back to uint8),
-    once, before training: BinSFO feeds MNIST to its MLP at 64 x 64 (torchvision Resize on PIL images,
-    also bilinear). size 0, or the native size, returns the dataset unchanged.
-
-    The kernel is torch's antialiased bilinear interpolation on uint8, the one torchvision's resize calls on
-    x86 CPUs with AVX2 (the same bytes). Called directly, it spares every training process the import of
-    torchvision (about 165 MiB resident) and takes the same kernel on every CPU. It runs in chunks written
-    into one uint8 tensor, so whatever scratch the kernel needs stays the size of a chunk."""
-    if size == 0 or dataset.image_shape[1:] == (size, size):
-        return dataset
-
-    def scale(images: torch.Tensor) -> torch.Tensor:
-        out = torch.empty((len(images), images.shape[1], size, size), dtype=images.dtype)
-        for start in range(0, len(images), RESIZE_CHUNK):
-            out[start:start + RESIZE_CHUNK] = F.interpolate(images[start:start + RESIZE_CHUNK], size=(size, size),
-                                                            mode="bilinear", antialias=True, align_corners=False)
-        return out
-
-    return dataclasses.replace(dataset, train_images=scale(dataset.train_images), test_images=scale(dataset.test_images))
 
 
 META_KEY = "bnnrepro"

@@ -22,17 +22,16 @@ from tqdm.auto import tqdm
 from bnnrepro.config import ConfigError, DataConfig, ExperimentConfig
 from bnnrepro.data.batches import Augment, BatchLoader
 from bnnrepro.data.download import mirror_from_env
-from bnnrepro.data.prepared import Dataset, resized
+from bnnrepro.data.prepared import Dataset
 from bnnrepro.engine.checkpoint import load_checkpoint, save_checkpoint
 from bnnrepro.engine.distributed import Ranks, wrap
 from bnnrepro.engine.losses import bin_regularizer, loss_function
 from bnnrepro.errors import InputError
 from bnnrepro.models import build_model
 from bnnrepro.models.pretrained import load_pretrained
-from bnnrepro.nn.layers import (clip_latent_weights_, compact_saved_activations, init_latent_weights_,
+from bnnrepro.nn.layers import (clip_latent_weights_, init_latent_weights_, memory_efficient_activations,
                                 quantized_layers)
 from bnnrepro.nn.packing import PackedBinaryWeights
-from bnnrepro.nn.recompute import recomputed_blocks
 from bnnrepro.optim import TrainingOptimizers, build_optimizers
 from bnnrepro.runtime import reuse_freed_memory, seed_everything, set_deterministic
 
@@ -67,7 +66,8 @@ def make_loaders(cfg: DataConfig, dataset: Dataset, seed: int, device: torch.dev
         raise ValueError(f"data.val_size must be in [0, {n}), got {cfg.val_size}")
     cut = n - cfg.val_size
     augment = Augment(cfg.flip, cfg.crop_padding, cfg.pad_mode)
-    common = dict(max_value=dataset.max_value, mean=tuple(cfg.mean), std=tuple(cfg.std), device=device)
+    common = dict(max_value=dataset.max_value, mean=tuple(cfg.mean), std=tuple(cfg.std), resize=cfg.resize,
+                  device=device)
     train = BatchLoader(dataset.train_images[:cut], dataset.train_labels[:cut], cfg.batch_size, augment=augment,
                         shuffle=True, order=cfg.order, seed=seed, **common)
     test = BatchLoader(dataset.test_images, dataset.test_labels, cfg.eval_batch_size, **common)
@@ -155,7 +155,7 @@ def train_one_epoch(model, loader, optimizer: TrainingOptimizers, cfg: Experimen
         packed.pack_()
     flips = FlipCounter(weights, packed)
     try:
-        with memory_efficient_steps(model, optimizer, cfg):
+        with memory_efficient_steps(model, optimizer, cfg, packed):
             row = _train_steps(net or model, loader, optimizer, cfg, epoch, bar, flips, packed, ranks)
     finally:
         if packed:
@@ -164,28 +164,40 @@ def train_one_epoch(model, loader, optimizer: TrainingOptimizers, cfg: Experimen
 
 
 @contextlib.contextmanager
-def memory_efficient_steps(model: nn.Module, optimizer: TrainingOptimizers, cfg: ExperimentConfig):
+def memory_efficient_steps(model: nn.Module, optimizer: TrainingOptimizers, cfg: ExperimentConfig,
+                           packed: PackedBinaryWeights | None = None):
     """train.memory_efficient (docs/memory.md): within, the binary weights update inside backward, each as
-    its gradient completes, sign activations save 1 bit per value for backward, and the blocks a model
-    names are recomputed in backward. Nothing otherwise."""
+    its gradient completes (and, packed, go back into bits at once), sign activations save 1 bit per value
+    for backward, and the blocks a model names are recomputed in backward. Nothing otherwise."""
     if not cfg.train.memory_efficient:
         yield
         return
-    with optimizer.updates_in_backward(cfg.optim.grad_clip), compact_saved_activations(model), \
-            recomputed_blocks(model):
+    repack = packed.pack_updated if packed else None
+    with optimizer.updates_in_backward(cfg.optim.grad_clip, repack), memory_efficient_activations(model):
         yield
+
+
+def weights_for_step(layers: list[nn.Module], packed: PackedBinaryWeights | None, cfg: ExperimentConfig):
+    """Packed weights (train.pack_weights) as one step needs them: all unpacked for the step, or with
+    train.memory_efficient each only while its layer (of `layers`) runs forward and while it is updated."""
+    if packed is None:
+        return contextlib.nullcontext()
+    if cfg.train.memory_efficient:
+        return packed.unpacked_just_in_time(layers)
+    return packed.unpacked()
 
 
 def _train_steps(model, loader, optimizer, cfg, epoch, bar, flips, packed, ranks) -> dict[str, float]:
     loss_fn = loss_function(cfg.train.loss)
     use_bin_reg = cfg.optim.regularization == "bin" and cfg.optim.weight_decay > 0
-    loss_sum = torch.zeros((), device=loader.images.device)
-    correct = torch.zeros((), dtype=torch.long, device=loader.images.device)
+    loss_sum = torch.zeros((), device=loader.device)
+    correct = torch.zeros((), dtype=torch.long, device=loader.device)
     seen = 0
+    layers = quantized_layers(model)
     for step, batch in enumerate(loader, start=1):
         optimizer.start_step(len(batch[1]))
         x, y = ranks.shard(*batch)
-        with packed.unpacked() if packed else contextlib.nullcontext():
+        with weights_for_step(layers, packed, cfg):
             logits, loss = _train_step(model, x, y, optimizer, cfg, epoch, step, loss_fn, use_bin_reg, flips)
         loss_sum += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
@@ -240,8 +252,8 @@ def fit(cfg: ExperimentConfig, dataset: Dataset, device: torch.device, checkpoin
     reuse_freed_memory()
     if dataset.name != cfg.data.dataset:
         raise ValueError(f"config {cfg.name} trains on '{cfg.data.dataset}' but was given '{dataset.name}'")
-    dataset = resized(dataset, cfg.data.resize)
-    model = build_model(cfg.model, dataset.image_shape[0], dataset.num_classes, dataset.image_shape[1])
+    channels, size = dataset.image_shape[0], cfg.data.resize or dataset.image_shape[1]  # batches are resized
+    model = build_model(cfg.model, channels, dataset.num_classes, size)
     extra = {}
     if cfg.model.pretrained:  # before the optimizers: flip's sigma0 and Bop's m start from the pretrained weights
         loaded = load_pretrained(model, cfg.model.arch, cfg.model.pretrained, pretrained_dir, mirror_from_env())

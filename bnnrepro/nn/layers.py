@@ -20,6 +20,7 @@ from bnnrepro.nn.quantizers import (TERNARY_ACT_K, WEIGHT_SCALES, binarize, get_
 from bnnrepro.nn.saved_bits import ESTIMATORS as BIT_SAVING_ESTIMATORS
 from bnnrepro.nn.saved_bits import (binarize_saving_bits, conv2d_freeing_input, mark_signs, signs_saved_as_bits,
                                     torch_layers_saving_less)
+from bnnrepro.nn.recompute import recomputed_blocks
 
 PRECISIONS = ("fp", "binary", "ternary")
 
@@ -103,7 +104,8 @@ def same_padding(size, kernel, stride) -> tuple[int, int, int, int]:
 def replicate_pad(x: torch.Tensor, left: int, right: int, top: int, bottom: int) -> torch.Tensor:
     """Edge padding from slices and concatenation: the same values as F.pad(mode="replicate"), but its
     backward is deterministic on CUDA too (ReplicationPad2d's backward is not)."""
-    rows = [x[..., :1, :].expand(*x.shape[:-2], top, x.shape[-1]), x, x[..., -1:, :].expand(*x.shape[:-2], bottom, x.shape[-1])]
+    rows = [x[..., :1, :].expand(*x.shape[:-2], top, x.shape[-1]), x,
+            x[..., -1:, :].expand(*x.shape[:-2], bottom, x.shape[-1])]
     x = torch.cat(rows, dim=-2)
     cols = [x[..., :1].expand(*x.shape[:-1], left), x, x[..., -1:].expand(*x.shape[:-1], right)]
     return torch.cat(cols, dim=-1)
@@ -155,6 +157,15 @@ def compact_saved_activations(model: nn.Module):
     finally:
         for m in switched:
             m.save_bits = False
+
+
+@contextmanager
+def memory_efficient_activations(model: nn.Module):
+    """What train.memory_efficient saves for backward (docs/memory.md): compact saved activations, and the
+    blocks the model names run again in backward instead of keeping their insides. Used by the training
+    loop and by the memory report, so both measure the same step."""
+    with compact_saved_activations(model), recomputed_blocks(model):
+        yield
 
 
 def quantized_layers(model: nn.Module):

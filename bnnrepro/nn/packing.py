@@ -12,6 +12,9 @@ Comparing the bits of one packing with those of the next also counts the weights
         with packed.unpacked():                  # float +-1 only inside; gradients dropped on exit
             loss = loss_fn(model(x), y); optimizer.zero_grad(); loss.backward(); optimizer.step()
 
+With train.memory_efficient, `unpacked_just_in_time` narrows "inside" to one layer at a time: its forward,
+and its update inside backward.
+
 Bit layout: element i of the flattened tensor is bit i % 8 (least significant first) of byte i // 8,
 1 for +1 and 0 for -1, zero-padded to whole bytes: the same bytes as numpy.packbits(bitorder="little")
 and export.pack_signs, computed with torch ops on the tensor's own device.
@@ -93,28 +96,22 @@ class PackedBinaryWeights:
 
     def __init__(self, params):
         self.params = list(params)
+        self._slot = {id(p): i for i, p in enumerate(self.params)}
         self.shapes = [p.shape for p in self.params]
         # the signs as of the last pack_; kept while unpacked (1/32 of the float weights) to count flips
         self.bits: list[torch.Tensor | None] = [None] * len(self.params)
         self.formats = [torch.contiguous_format] * len(self.params)
         self.is_packed = False
         self.sign_changes: torch.Tensor | None = None  # 0-d int64, None before the first repacking
+        self.on_unpack = None  # called with each parameter just unpacked (the memory report files it as a weight)
 
     @torch.no_grad()
     def pack_(self) -> None:
         """Store the signs; the parameters become empty tensors and their gradients are freed."""
         if self.is_packed:
             return
-        for i, p in enumerate(self.params):
-            self.shapes[i], self.formats[i] = p.shape, _memory_format(p)
-            bits = pack_signs(p)
-            if self.bits[i] is not None:
-                changed = count_changed_bits(bits, self.bits[i])
-                self.sign_changes = changed if self.sign_changes is None else self.sign_changes + changed
-            self.bits[i] = bits
-            # a fresh empty tensor, not a view of the old storage, so the float weights are freed
-            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
-            p.grad = None
+        for i in range(len(self.params)):
+            self._pack(i)
         self.is_packed = True
 
     @torch.no_grad()
@@ -122,8 +119,8 @@ class PackedBinaryWeights:
         """Restore every parameter to float +-1, in its former memory format, from its sign bits."""
         if not self.is_packed:
             return
-        for i, p in enumerate(self.params):
-            p.data = unpack_signs(self.bits[i], self.shapes[i], p.dtype).contiguous(memory_format=self.formats[i])
+        for i in range(len(self.params)):
+            self._unpack(i)
         self.is_packed = False
 
     @contextmanager
@@ -134,13 +131,66 @@ class PackedBinaryWeights:
         finally:
             self.pack_()
 
+    @contextmanager
+    def unpacked_just_in_time(self, layers):
+        """Within (packed weights, train.memory_efficient; docs/memory.md#weights-just-in-time): a weight is
+        float +-1 only while the forward of its layer (one of `layers`) runs, and again from the moment its
+        gradient arrives in backward until `pack_updated` packs its new value (the optimizer's after-update
+        callback), so the float weights of all layers never exist together. Backward needs no weight of
+        this set: the identity STE keeps nothing and the layers save their +-1 weights themselves."""
+        if not self.is_packed:
+            raise RuntimeError("unpacked_just_in_time starts from packed weights: call pack_() first")
+        handles = []
+        for layer in layers:
+            i = self._slot.get(id(layer.weight))
+            if i is None:
+                continue
+            handles += [layer.register_forward_pre_hook(lambda module, args, i=i: self._unpack(i)),
+                        layer.register_forward_hook(lambda module, args, out, i=i: self._drop(i)),
+                        self.params[i].register_hook(lambda grad, i=i: self._unpack(i))]  # before accumulation
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+            for i, p in enumerate(self.params):  # updated after backward (no after-update callback)
+                if p.numel():
+                    self._pack(i)
+
+    @torch.no_grad()
+    def pack_updated(self, p: torch.Tensor) -> None:
+        """p (one of the weights, unpacked just in time) holds its new value: store its signs, free it."""
+        self._pack(self._slot[id(p)])
+
+    def _pack(self, i: int) -> None:
+        p = self.params[i]
+        self.shapes[i], self.formats[i] = p.shape, _memory_format(p)
+        bits = pack_signs(p)
+        if self.bits[i] is not None:
+            changed = count_changed_bits(bits, self.bits[i])
+            self.sign_changes = changed if self.sign_changes is None else self.sign_changes + changed
+        self.bits[i] = bits
+        self._drop(i)
+        p.grad = None
+
+    def _unpack(self, i: int) -> None:
+        p = self.params[i]
+        p.data = unpack_signs(self.bits[i], self.shapes[i], p.dtype).contiguous(memory_format=self.formats[i])
+        if self.on_unpack is not None:
+            self.on_unpack(p)
+
+    def _drop(self, i: int) -> None:
+        """The float copy goes; its values are the bits'. A fresh empty tensor, not a view of the old
+        storage, so that the storage is freed."""
+        p = self.params[i]
+        p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+
     def num_weights(self) -> int:
         return sum(shape.numel() for shape in self.shapes)
 
     def weight_bytes(self) -> int:
-        """Bytes the weights occupy now: the sign bits, plus the float tensors while unpacked."""
-        bits = sum(_nbytes(b) for b in self.bits if b is not None)
-        return bits if self.is_packed else bits + sum(_nbytes(p) for p in self.params)
+        """Bytes the weights occupy now: the sign bits, plus the float tensors that are unpacked."""
+        return sum(_nbytes(b) for b in self.bits if b is not None) + sum(_nbytes(p) for p in self.params)
 
 
 def _memory_format(p: torch.Tensor) -> torch.memory_format:

@@ -91,6 +91,7 @@ class Estimator:
     quantize. `backward` is grad * derivative; subclasses fuse it where that is faster."""
 
     name: str
+    reads_input = True  # whether backward needs x: autograd keeps x alive only then
 
     def value(self, x: torch.Tensor, beta: float) -> torch.Tensor:
         raise NotImplementedError
@@ -106,6 +107,7 @@ class Vanilla(Estimator):
     """The identity: the gradient passes unchanged."""
 
     name = "vanilla"
+    reads_input = False
 
     def value(self, x, beta):
         return x
@@ -185,7 +187,7 @@ class _StraightThrough(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, quantize, ste: Estimator, beta):
-        ctx.save_for_backward(x)
+        ctx.save_for_backward(x if ste.reads_input else None)  # the identity STE keeps nothing alive
         ctx.ste, ctx.beta = ste, beta
         return quantize(x)
 

@@ -42,11 +42,18 @@ def recomputed_blocks(model: nn.Module):
     """Within: each block of blocks_of(model) saves only its input for backward and runs again there."""
     blocks = blocks_of(model)
     for block in blocks:
-        contexts = functools.partial(lambda b: (contextlib.nullcontext(), buffers_kept(b)), block)
         # an instance attribute shadows the class's forward, so nn.Module.__call__ (and its hooks) still run
-        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False, context_fn=contexts)
+        block.forward = _checkpointed_forward(block)
     try:
         yield
     finally:
         for block in blocks:
             del block.forward
+
+
+def _checkpointed_forward(block: nn.Module):
+    """block.forward under torch.utils.checkpoint; its recomputation leaves the block's buffers unchanged."""
+    def contexts():  # (around the first forward, around the recomputation)
+        return contextlib.nullcontext(), buffers_kept(block)
+
+    return functools.partial(checkpoint, block.forward, use_reentrant=False, context_fn=contexts)

@@ -101,7 +101,7 @@ def _masked_by_window(ctx, grad: torch.Tensor) -> torch.Tensor:
     out-of-place masked_fill would be contiguous), so the layers before reduce over it in the same order."""
     (bits,) = ctx.saved_tensors
     window = _unpack((bits, *ctx.layout), unpack_bits)
-    return grad.clone().masked_fill_(window.logical_not_(), 0.0)
+    return torch.where(window, grad, grad.new_zeros(()), out=torch.empty_like(grad))
 
 
 class _MaxPoolSavingOffsets(torch.autograd.Function):
@@ -113,11 +113,10 @@ class _MaxPoolSavingOffsets(torch.autograd.Function):
     def forward(ctx, x, kernel, stride, padding, ceil_mode):
         out, index = torch.ops.aten.max_pool2d_with_indices(x, kernel, stride, padding, (1, 1), ceil_mode)
         width = x.shape[-1]
-        # index - origin = r W + c for the maximum's row r and column c in the window (c < kw <= W), so
-        # its offset r kw + c = d - (d // W)(W - kw); in place, one int64 scratch tensor at a time
-        d = index.sub_(_window_origins(out.shape, width, stride, padding, x.device))
-        d.sub_(torch.div(d, width, rounding_mode="floor").mul_(width - kernel[1]))
-        ctx.save_for_backward(d.to(torch.int8))
+        # index - origin = r W + c for the maximum's row r and column c in its window; a table lookup turns
+        # that into the offset r kw + c (integer division would take several times longer)
+        within = index.sub_(_window_origins(out.shape, width, stride, padding, x.device))
+        ctx.save_for_backward(_looked_up(within, _offset_of_position(kernel, width, x.device)))
         ctx.args = (x.shape, x.stride(), x.dtype, kernel, stride, padding, ceil_mode)
         return out
 
@@ -125,16 +124,35 @@ class _MaxPoolSavingOffsets(torch.autograd.Function):
     def backward(ctx, grad):
         (offset,) = ctx.saved_tensors
         shape, strides, dtype, kernel, stride, padding, ceil_mode = ctx.args
-        width = shape[-1]
-        index = offset.long()  # r kw + c -> r W + c (the row r from the int8 offset), then + the window's origin
-        index.add_(torch.div(offset, kernel[1], rounding_mode="floor"), alpha=width - kernel[1])
-        index.add_(_window_origins(offset.shape, width, stride, padding, offset.device))
+        # offset r kw + c -> r W + c, then + the window's origin: torch's index again
+        index = _looked_up(offset.int(), _position_of_offset(kernel, shape[-1], offset.device))
+        index.add_(_window_origins(offset.shape, shape[-1], stride, padding, offset.device))
         # the kernel reads of its input only the shape and memory layout, and zero-fills its output before
         # scattering: one uninitialised tensor of the input's strides serves as both
         grad_input = torch.empty_strided(shape, strides, dtype=dtype, device=grad.device)
         torch.ops.aten.max_pool2d_with_indices_backward.grad_input(grad, grad_input, kernel, stride, padding, (1, 1),
                                                                    ceil_mode, index, grad_input=grad_input)
         return grad_input, None, None, None, None
+
+
+def _offset_of_position(kernel, width: int, device) -> torch.Tensor:
+    """int8 table: entry r W + c (a position in a window, 0 <= c < kw) holds r kw + c."""
+    d = torch.arange((kernel[0] - 1) * width + kernel[1], device=device)
+    return (d // width * kernel[1] + d % width).to(torch.int8)
+
+
+def _position_of_offset(kernel, width: int, device) -> torch.Tensor:
+    """int64 table: entry r kw + c holds r W + c (the inverse of _offset_of_position)."""
+    o = torch.arange(kernel[0] * kernel[1], device=device)
+    return o // kernel[1] * width + o % kernel[1]
+
+
+def _looked_up(index: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """table[index], in index's memory layout (a gather over its elements in memory order)."""
+    order = index.dim_order()
+    dense = index.permute(order)
+    values = table.index_select(0, dense.reshape(-1)).view(dense.shape)
+    return values.permute(sorted(range(len(order)), key=order.__getitem__))
 
 
 def _window_origins(out_shape, width: int, stride, padding, device) -> torch.Tensor:

@@ -168,17 +168,18 @@ class TrainingOptimizers:
                 r.optimizer.step()
 
     @contextlib.contextmanager
-    def updates_in_backward(self, grad_clip: float = 0.0):
+    def updates_in_backward(self, grad_clip: float = 0.0, after_update=None):
         """train.memory_efficient: within the block the binary-weight regime updates each of its weights
         inside backward, as soon as the weight's gradient is complete, and frees that gradient at once
         (base.updates_in_backward); `grad_clip` > 0 clips it element-wise first, as the loop does for the
-        other parameters. The other regimes (torch's optimizers for the full-precision parameters) keep
-        stepping after backward. The same updates as step() makes: every binary-weight rule is per tensor."""
+        other parameters, and `after_update(p)` follows each update (packed weights: back into bits). The
+        other regimes (torch's optimizers for the full-precision parameters) keep stepping after backward.
+        The same updates as step() makes: every binary-weight rule is per tensor."""
         regimes = [r for r in self.regimes if isinstance(r.optimizer, PerParameterOptimizer)]
         clip = (lambda p: nn.utils.clip_grad_value_([p], grad_clip)) if grad_clip > 0 else None
         with contextlib.ExitStack() as stack:
             for r in regimes:
-                stack.enter_context(updates_in_backward(r.optimizer, clip))
+                stack.enter_context(updates_in_backward(r.optimizer, clip, after_update))
             self.in_backward = {r.name for r in regimes}
             try:
                 yield

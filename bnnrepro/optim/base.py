@@ -57,11 +57,13 @@ class PerParameterOptimizer(Optimizer):
 
 @contextmanager
 def updates_in_backward(optimizer: PerParameterOptimizer,
-                        before_update: Callable[[torch.Tensor], None] | None = None):
+                        before_update: Callable[[torch.Tensor], None] | None = None,
+                        after_update: Callable[[torch.Tensor], None] | None = None):
     """Within the block, backward updates every parameter of `optimizer` the moment its gradient is
     complete (torch's post-accumulate-grad hook: "optimizer step in backward") and frees that gradient at
     once, so the gradients of all layers never exist together. `before_update(p)` may edit p.grad first
-    (element-wise clipping). optimizer.step() then has nothing left to do for these parameters.
+    (element-wise clipping); `after_update(p)` runs once p holds its new value (packing it into bits).
+    optimizer.step() then has nothing left to do for these parameters.
 
     The same values as step() after backward: a parameter's hook runs after every node that reads it has
     made its gradient, and the rules are per parameter (PerParameterOptimizer). Not for DDP, whose
@@ -70,6 +72,8 @@ def updates_in_backward(optimizer: PerParameterOptimizer,
         if before_update is not None:
             before_update(p)
         optimizer.step_parameter(p, free_grad=True)
+        if after_update is not None:
+            after_update(p)
 
     handles = [p.register_post_accumulate_grad_hook(hook) for g in optimizer.param_groups for p in g["params"]]
     try:
